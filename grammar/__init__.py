@@ -1,0 +1,1 @@
+"""The `.rec` grammar (rec.lark), shipped as package data of `recc.grammar`."""

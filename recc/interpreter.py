@@ -1,0 +1,118 @@
+"""The sequential interpreter: the reference semantics of every spec.
+
+Stage: runtime (reference). Runs a recurrence one time step after another in
+torch on any device, through the shared IR evaluator (`recc.ir.evaluate`), so
+it is differentiable by autograd with respect to inputs, params and the
+initial state. Every lowering is checked against it.
+
+Layout: values carry leading batch axes (`[B]` or `[B, H]`) before the spec's
+own dims; params carry none (or `[H]`) and broadcast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from recc.ir.evaluate import align, step
+from recc.ir.nodes import Apply, Const, Recurrence
+from recc.signature import Bound
+
+
+class TorchOps:
+    """IR operators on torch tensors with leading batch axes."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype = dtype
+        self.device = device
+
+    def const(self, node: Const) -> torch.Tensor:
+        return torch.tensor(node.value, dtype=self.dtype, device=self.device)
+
+    def apply(self, node: Apply, args: list[Any]) -> torch.Tensor:
+        op = node.op
+        if op in ("add", "sub", "mul", "div", "max", "min"):
+            a = align(args[0], node.args[0].dims, node.dims)
+            b = align(args[1], node.args[1].dims, node.dims)
+            return _BINARY[op](a, b)
+        if op in _UNARY:
+            return _UNARY[op](args[0])
+        if op == "matmul":
+            a, b = args
+            da, db = node.args[0].dims, node.args[1].dims
+            if len(da) == 2 and len(db) == 1:
+                return (a @ b.unsqueeze(-1)).squeeze(-1)
+            if len(da) == 1 and len(db) == 2:
+                return (a.unsqueeze(-2) @ b).squeeze(-2)
+            if len(da) == 1 and len(db) == 1:
+                return (a * b).sum(-1)
+            return a @ b
+        if op == "outer":
+            return args[0].unsqueeze(-1) * args[1].unsqueeze(-2)
+        if op == "dot":
+            return (args[0] * args[1]).sum(-1)
+        if op == "sum":
+            k = len(node.args[0].dims)
+            return args[0].sum(dim=tuple(range(-k, 0))) if k else args[0]
+        if op == "transpose":
+            return args[0].transpose(-1, -2)
+        raise AssertionError(f"unknown op {op}")  # pragma: no cover
+
+
+_BINARY = {
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "div": torch.div,
+    "max": torch.maximum,
+    "min": torch.minimum,
+}
+_UNARY = {
+    "neg": torch.neg,
+    "exp": torch.exp,
+    "log": torch.log,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "softplus": torch.nn.functional.softplus,
+    "relu": torch.relu,
+    "silu": torch.nn.functional.silu,
+    "sqrt": torch.sqrt,
+    "abs": torch.abs,
+}
+
+
+def run(rec: Recurrence, bound: Bound) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Run all T steps. Returns (outputs `[B, T, (H), ...]`, final states `[B, (H), ...]`).
+
+    Computes in `bound.compute_dtype` (fp32 for bf16/fp16 inputs, fp64 for
+    fp64); outputs are cast back to `bound.out_dtype`, final states stay in
+    the compute dtype.
+    """
+    ops = TorchOps(bound.compute_dtype, bound.device)
+    states = dict(bound.initial_state)
+    per_step: dict[str, list[torch.Tensor]] = {o.name: [] for o in rec.outputs}
+    env_static = dict(bound.params)
+    for t in range(bound.T):
+        env = dict(env_static)
+        for name, value in bound.inputs.items():
+            env[name] = value[:, t]
+        env.update(states)
+        states, outs = step(rec, ops, env)
+        for o in rec.outputs:
+            per_step[o.name].append(_full(outs[o.name], bound, o.expr.dims))
+    outputs = {}
+    for o in rec.outputs:
+        if per_step[o.name]:
+            outputs[o.name] = torch.stack(per_step[o.name], dim=1).to(bound.out_dtype)
+        else:
+            shape = (bound.B, 0, *bound.batch_heads, *bound.shape_of(o.expr.dims))
+            outputs[o.name] = torch.zeros(shape, dtype=bound.out_dtype, device=bound.device)
+    finals = {s.name: _full(states[s.name], bound, s.dims) for s in rec.states}
+    return outputs, finals
+
+
+def _full(value: torch.Tensor, bound: Bound, dims: tuple[str, ...]) -> torch.Tensor:
+    """Broadcast a per-step value to its full `[B, (H), *dims]` shape."""
+    shape = (bound.B, *bound.batch_heads, *bound.shape_of(dims))
+    return value.expand(shape) if tuple(value.shape) != shape else value
