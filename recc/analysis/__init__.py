@@ -1,0 +1,10 @@
+"""Stage 3, IR -> analysis: simplify, classify, canonical forms, Jacobians.
+
+May import: recc.errors, recc.ir. Never a backend, never Triton.
+"""
+
+from recc.analysis.classify import analyze
+from recc.analysis.forms import Analysis
+from recc.analysis.form_step import form_step
+
+__all__ = ["Analysis", "analyze", "form_step"]

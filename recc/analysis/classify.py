@@ -1,0 +1,284 @@
+"""The classifier: which of the four classes a recurrence is in, and its form.
+
+Stage: analysis. Decisions come from sympy on the scalarised step
+(`recc.analysis.symbolic`): whether every Jacobian entry is free of the state
+(affine), the Jacobian's sparsity (diagonal / block / dense), the rank of the
+low-rank part (numerically, from sympy's derivatives), and the expression
+tree of a MinMax update. The canonical forms are then read off the IR
+(`linear`, `dplr`, `minmax`) so backends get tensor expressions. When a
+proof or a form fails, the classifier falls back to the more general class
+and says why: a conservative class is only slower, a wrong one is wrong.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from recc.analysis.dplr import dplr_form
+from recc.analysis.forms import (
+    DIAGONAL,
+    DPLR,
+    MINMAX,
+    NONLINEAR,
+    Analysis,
+    DiagonalBlock,
+    DiagonalForm,
+    JacobianStructure,
+    MinMaxForm,
+    NonlinearForm,
+)
+from recc.analysis.linear import diagonal_coefficient, injection
+from recc.analysis.minmax import max_min_coefficients, max_plus_coefficients
+from recc.analysis.rewrite import NotCanonical
+from recc.analysis.symbolic import (
+    Scalarised,
+    depends,
+    evaluate_numeric,
+    jacobian,
+    random_values,
+    scalarise,
+    uniform_sizes,
+)
+from recc.ir.nodes import Recurrence
+
+SIZE = 3  # every dim is instantiated at this size for the structural analysis
+MAX_BLOCK = 4  # larger channel-wise couplings are treated as dense
+RANK_PROBE = 3  # off-diagonal block size used to measure a DPLR rank (rank < 3)
+
+
+def analyze(rec: Recurrence) -> Analysis:
+    sc = scalarise(rec, uniform_sizes(rec, SIZE))
+    entries = jacobian(sc)
+    states = sc.state_symbols()
+    affine = all(not depends(d, states) for d in entries.values())
+    structure = jacobian_structure(sc, entries, affine)
+    transition = describe_transition(sc, affine)
+    reasons: list[str] = []
+
+    def done(kind, form, **extra) -> Analysis:
+        return Analysis(kind, form, structure, reasons=tuple(reasons), transition=transition, **extra)
+
+    if affine:
+        reasons.append("every entry of d(new state)/d(state) is free of the state: affine")
+        if structure.kind in ("diagonal", "block"):
+            try:
+                form = diagonal_form(rec, sc, entries)
+                reasons.append(f"Jacobian is {structure.describe()}: a diagonal linear recurrence")
+                return done(DIAGONAL, form)
+            except NotCanonical as err:
+                reasons.append(f"no diagonal form ({err}); staying general")
+        else:
+            rank = dplr_rank(rec, reasons)
+            if rank is not None:
+                try:
+                    form = dplr_form(rec, rec.states[0].name)
+                    if form.rank != rank:
+                        reasons.append(
+                            f"the spec's low-rank terms number {form.rank}; "
+                            f"the minimal rank is {rank}"
+                        )
+                    reasons.append(
+                        f"S' = S @ (diag(d) - rank-{rank}) + B: diagonal-plus-low-rank"
+                    )
+                    return done(DPLR, form, rank=rank)
+                except NotCanonical as err:
+                    reasons.append(f"no DPLR form ({err}); staying general")
+    elif structure.kind == "diagonal":
+        semiring = minmax_semiring(sc, reasons)
+        if semiring is not None:
+            try:
+                form = minmax_form(rec, semiring)
+                reasons.append(f"built from max/min/+ of the state: the {semiring} semiring")
+                return done(MINMAX, form, semiring=semiring)
+            except NotCanonical as err:
+                reasons.append(f"no MinMax form ({err}); staying general")
+    if not affine:
+        reasons.append("some Jacobian entry depends on the state: nonlinear")
+    reasons.append(f"Jacobian structure: {structure.describe()}")
+    return done(NONLINEAR, NonlinearForm())
+
+
+# ---- Jacobian structure ----------------------------------------------------
+
+
+def jacobian_structure(sc: Scalarised, entries: dict, affine: bool) -> JacobianStructure:
+    """Connected components of the Jacobian's sparsity over state elements.
+
+    A component holding two elements of one state couples along a dim: dense.
+    Otherwise components pair elements of different states at one index:
+    block-diagonal with the largest component's size (1 = diagonal).
+    """
+    elements = sc.state_elements()
+    parent = list(range(len(elements)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in entries:
+        parent[find(i)] = find(j)
+    components: dict[int, list[int]] = {}
+    for i in range(len(elements)):
+        components.setdefault(find(i), []).append(i)
+    size = 1
+    for members in components.values():
+        names = [elements[m][0] for m in members]
+        indices = {elements[m][1] for m in members}
+        if len(set(names)) != len(names) or len(indices) != 1:
+            return JacobianStructure("dense", affine=affine)
+        size = max(size, len(members))
+    if size == 1:
+        return JacobianStructure("diagonal", affine=affine)
+    if size > MAX_BLOCK:
+        return JacobianStructure("dense", affine=affine)
+    return JacobianStructure("block", block_size=size, affine=affine)
+
+
+# ---- diagonal ---------------------------------------------------------------
+
+
+def diagonal_form(rec: Recurrence, sc: Scalarised, entries: dict) -> DiagonalForm:
+    elements = sc.state_elements()
+    coupled: dict[str, set[str]] = {s.name: {s.name} for s in rec.states}
+    for i, j in entries:
+        a, b = elements[i][0], elements[j][0]
+        merged = coupled[a] | coupled[b]
+        for name in merged:
+            coupled[name] = merged
+    blocks = []
+    seen: set[str] = set()
+    for s in rec.states:
+        if s.name in seen:
+            continue
+        group = tuple(x.name for x in rec.states if x.name in coupled[s.name])
+        seen.update(group)
+        if len({rec.state(n).dims for n in group}) != 1:
+            raise NotCanonical("coupled states have different shapes")
+        pairs = {(elements[i][0], elements[j][0]) for i, j in entries}
+        coupling = tuple(
+            tuple(
+                diagonal_coefficient(rec, target, wrt) if (target, wrt) in pairs else None
+                for wrt in group
+            )
+            for target in group
+        )
+        inject = tuple(injection(rec, target) for target in group)
+        blocks.append(DiagonalBlock(group, coupling, inject))
+    return DiagonalForm(tuple(blocks))
+
+
+# ---- DPLR -------------------------------------------------------------------
+
+
+def dplr_rank(rec: Recurrence, reasons: list[str]) -> int | None:
+    """The rank of the low-rank part of S' = S @ M + B, from sympy's Jacobian.
+
+    Needs one matrix state S[R, C] whose rows evolve independently by one
+    shared right factor M. M = diag(d) + L; an off-diagonal block of M equals
+    the same block of L, so its numerical rank (at random inputs, columns
+    instantiated at 2 * RANK_PROBE) is rank(L) whenever rank(L) < RANK_PROBE.
+    """
+    if len(rec.states) != 1 or len(rec.states[0].dims) != 2:
+        reasons.append("dense coupling, and not a single matrix state: not DPLR")
+        return None
+    state = rec.states[0]
+    rows, cols = state.dims
+    sizes = {d: 2 for d in rec.dims}
+    sizes[cols] = 2 * RANK_PROBE
+    sc = scalarise(rec, sizes)
+    S, F = sc.old[state.name], sc.new[state.name]
+    n_rows, n_cols = S.shape
+    for i in range(n_rows):
+        row = set(S[i, :])
+        for j in range(n_cols):
+            if F[i, j].free_symbols & sc.state_symbols() - row:
+                reasons.append("rows of S are mixed (a left factor): not DPLR in S @ M form")
+                return None
+    rng = np.random.default_rng(0)
+    rank = 0
+    for _ in range(2):
+        values = random_values(sc, rng)
+        factors = []
+        for i in range(n_rows):
+            m = np.empty((n_cols, n_cols))
+            for k in range(n_cols):
+                for j in range(n_cols):
+                    m[k, j] = evaluate_numeric(sympy.diff(F[i, j], S[i, k]), values)
+            factors.append(m)
+        if any(not np.allclose(m, factors[0], rtol=1e-9, atol=1e-12) for m in factors[1:]):
+            reasons.append("rows of S see different right factors: not DPLR")
+            return None
+        block = factors[0][:RANK_PROBE, RANK_PROBE:]
+        rank = max(rank, int(np.linalg.matrix_rank(block, tol=1e-9 * max(1.0, abs(block).max()))))
+    if rank >= RANK_PROBE:
+        reasons.append(f"the right factor's off-diagonal part has rank >= {RANK_PROBE}: dense")
+        return None
+    if rank == 0:
+        reasons.append("the right factor has no low-rank part yet couples columns")
+        return None
+    return rank
+
+
+# ---- MinMax -----------------------------------------------------------------
+
+
+def minmax_semiring(sc: Scalarised, reasons: list[str]) -> str | None:
+    uses = set()
+
+    def ok(expr: sympy.Expr, s: sympy.Symbol) -> bool:
+        if s not in expr.free_symbols:
+            return True
+        if expr == s:
+            return True
+        if isinstance(expr, (sympy.Max, sympy.Min)):
+            uses.add("min" if isinstance(expr, sympy.Min) else "max")
+            return all(ok(arg, s) for arg in expr.args)
+        if isinstance(expr, sympy.Add):
+            with_s = [arg for arg in expr.args if s in arg.free_symbols]
+            uses.add("add")
+            return len(with_s) == 1 and ok(with_s[0], s)
+        return False
+
+    for name, arr in sc.new.items():
+        for index in np.ndindex(arr.shape):
+            if not ok(arr[index], sc.old[name][index]):
+                reasons.append("the state passes through an operation other than max, min, +")
+                return None
+    if "min" in uses and "add" in uses:
+        reasons.append("mixes min and + of the state: neither max-min nor max-plus")
+        return None
+    return "max-plus" if "add" in uses else "max-min"
+
+
+def minmax_form(rec: Recurrence, semiring: str) -> MinMaxForm:
+    read = max_plus_coefficients if semiring == "max-plus" else max_min_coefficients
+    return MinMaxForm(semiring, {s.name: read(rec, s.name) for s in rec.states})
+
+
+# ---- the simplified transition, for `recc explain` ----------------------------
+
+
+def describe_transition(sc: Scalarised, affine: bool, limit: int = 400) -> tuple[str, ...]:
+    """The first element of every state's update, simplified, with common
+    subexpressions pulled out by sympy.cse."""
+    names, exprs = [], []
+    for name, arr in sc.new.items():
+        first = tuple(0 for _ in arr.shape)
+        f = arr[first]
+        own = sorted(f.free_symbols & sc.state_symbols(), key=str)
+        if affine and own:
+            f = sympy.collect(sympy.expand(f), own)
+        names.append(str(sc.old[name][first]))
+        exprs.append(f)
+    shared, reduced = sympy.cse(exprs)
+    lines = [f"{sym} = {_short(expr, limit)}" for sym, expr in shared]
+    lines += [f"{n}' = {_short(e, limit)}" for n, e in zip(names, reduced)]
+    return tuple(lines)
+
+
+def _short(expr: sympy.Expr, limit: int) -> str:
+    text = sympy.sstr(expr)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

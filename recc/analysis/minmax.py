@@ -1,0 +1,88 @@
+"""MinMax forms: updates built from max, min and + of the state.
+
+Stage: analysis. Two semirings:
+
+  max-min:  s' = max(min(s, a), b). Any lattice polynomial f in s over a
+            chain satisfies f(s) = max(min(s, f(+inf)), f(-inf)), so
+            a = f(+inf) and b = f(-inf), read off by substitution.
+  max-plus: s' = max(s + a, b), read off by abstract evaluation over values
+            `Shift(a, b)` = max(s + a, b).
+
+Which one applies is decided by the classifier from sympy's expression tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recc.analysis.rewrite import (
+    INF,
+    AbstractOps,
+    NotCanonical,
+    abstract_updates,
+    const,
+    make,
+    mentions,
+    state_dependent_lets,
+    substitute,
+)
+from recc.ir.nodes import Apply, Const, Expr, Recurrence
+
+
+@dataclass(frozen=True)
+class Shift:
+    a: Expr  # s + a inside the max
+    b: Expr | None  # None is -inf
+
+
+def _max(x: Expr | None, y: Expr | None) -> Expr | None:
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return make("max", x, y)
+
+
+class MaxPlusOps(AbstractOps):
+    def apply_abstract(self, node: Apply, args: list) -> Shift:
+        op = node.op
+        x = args[0]
+        y = args[1] if len(args) > 1 else None
+        if op in ("add", "sub"):
+            if isinstance(x, Shift) and self.is_free(y):
+                shift = lambda e: make(op, e, y)  # noqa: E731
+                return Shift(shift(x.a), None if x.b is None else shift(x.b))
+            if op == "add" and self.is_free(x) and isinstance(y, Shift):
+                return Shift(make("add", x, y.a), None if y.b is None else make("add", x, y.b))
+            raise NotCanonical("max-plus allows s + c and s - c with a state-free c")
+        if op == "max":
+            if isinstance(x, Shift) and isinstance(y, Shift):
+                return Shift(make("max", x.a, y.a), _max(x.b, y.b))
+            shift, c = (x, y) if isinstance(x, Shift) else (y, x)
+            if isinstance(shift, Shift) and self.is_free(c):
+                return Shift(shift.a, _max(shift.b, c))
+        raise NotCanonical(f"'{op}' of the state is not max-plus")
+
+
+def max_plus_coefficients(rec: Recurrence, state: str) -> tuple[Expr, Expr | None]:
+    value = abstract_updates(rec, MaxPlusOps(), {state: Shift(const(0.0), None)})[state]
+    if not isinstance(value, Shift):
+        raise NotCanonical("the update does not involve the state")
+    _check_free(rec, value.a, value.b)
+    return value.a, value.b
+
+
+def max_min_coefficients(rec: Recurrence, state: str) -> tuple[Expr | None, Expr | None]:
+    update = rec.update_of(state)
+    top = substitute(rec, update, {state: const(INF)})
+    bottom = substitute(rec, update, {state: const(-INF)})
+    _check_free(rec, top, bottom)
+    a = None if isinstance(top, Const) and top.value == INF else top
+    b = None if isinstance(bottom, Const) and bottom.value == -INF else bottom
+    return a, b
+
+
+def _check_free(rec: Recurrence, *exprs: Expr | None) -> None:
+    names = {s.name for s in rec.states}
+    if any(mentions(e, names | state_dependent_lets(rec, names)) for e in exprs):
+        raise NotCanonical("a MinMax coefficient depends on a state")

@@ -1,0 +1,240 @@
+"""Build IR expressions while evaluating: substitution and constant folding.
+
+Stage: analysis. `ExprOps` is an evaluator semantics (see recc.ir.evaluate)
+whose values are IR expressions: evaluating a spec with it rebuilds the
+spec's expressions, folding constants (x * 0 -> 0, x + 0 -> x, max(x, -inf)
+-> x, ...). Binding a state to `Const(0.0)` or `Const(inf)` in the
+environment substitutes it. Lets that do not depend on a substituted name stay
+as references, so coefficients read like the spec.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from recc.ir.evaluate import evaluate
+from recc.ir.nodes import INPUT, LET, PARAM, STATE, Apply, Const, Dims, Expr, Recurrence, Ref, embed, walk
+
+
+class NotCanonical(Exception):
+    """The expression is outside what a canonical-form extraction handles."""
+
+
+INF = float("inf")
+
+
+def const(value: float) -> Const:
+    return Const((), value)
+
+
+def is_const(expr: Any, value: float | None = None) -> bool:
+    return isinstance(expr, Const) and (value is None or expr.value == value)
+
+
+def _broadcast(a: Dims, b: Dims) -> Dims:
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    try:
+        fits = embed(small, large)
+    except ValueError:
+        fits = None
+    if fits is None:
+        raise NotCanonical(f"cannot broadcast {a} with {b}")
+    return large
+
+
+_SCALAR_FUNCS = {
+    "neg": lambda x: -x,
+    "exp": math.exp,
+    "log": math.log,
+    "sigmoid": lambda x: 1.0 / (1.0 + math.exp(-x)),
+    "tanh": math.tanh,
+    "softplus": lambda x: math.log1p(math.exp(x)),
+    "relu": lambda x: max(x, 0.0),
+    "silu": lambda x: x / (1.0 + math.exp(-x)),
+    "sqrt": math.sqrt,
+    "abs": abs,
+}
+
+
+def _is_neg(expr: Expr) -> bool:
+    return isinstance(expr, Apply) and expr.op == "neg"
+
+
+def make(op: str, *args: Expr) -> Expr:
+    """An IR node for `op(args)`, folded where the result is obvious."""
+    if op in ("add", "sub", "mul", "div", "max", "min"):
+        a, b = args
+        if isinstance(a, Const) and isinstance(b, Const):
+            try:
+                value = {
+                    "add": lambda: a.value + b.value,
+                    "sub": lambda: a.value - b.value,
+                    "mul": lambda: a.value * b.value,
+                    "div": lambda: a.value / b.value,
+                    "max": lambda: max(a.value, b.value),
+                    "min": lambda: min(a.value, b.value),
+                }[op]()
+                if not math.isnan(value):
+                    return const(value)
+            except (ZeroDivisionError, OverflowError):
+                pass
+        if op == "add":
+            if is_const(a, 0.0):
+                return b
+            if is_const(b, 0.0):
+                return a
+            if _is_neg(b):
+                return make("sub", a, b.args[0])
+            if _is_neg(a):
+                return make("sub", b, a.args[0])
+        if op == "sub":
+            if is_const(b, 0.0):
+                return a
+            if is_const(a, 0.0):
+                return make("neg", b)
+            if _is_neg(b):
+                return make("add", a, b.args[0])
+        if op == "mul":
+            if is_const(a, 0.0) or is_const(b, 0.0):
+                return const(0.0)
+            if is_const(a, 1.0):
+                return b
+            if is_const(b, 1.0):
+                return a
+            if is_const(a, -1.0):
+                return make("neg", b)
+            if is_const(b, -1.0):
+                return make("neg", a)
+        if op == "div":
+            if is_const(a, 0.0):
+                return const(0.0)
+            if is_const(b, 1.0):
+                return a
+        if op == "max":
+            if is_const(a, -INF) or is_const(b, INF):
+                return b
+            if is_const(b, -INF) or is_const(a, INF):
+                return a
+        if op == "min":
+            if is_const(a, INF) or is_const(b, -INF):
+                return b
+            if is_const(b, INF) or is_const(a, -INF):
+                return a
+        return Apply(_broadcast(a.dims, b.dims), op, (a, b))
+    if op in _SCALAR_FUNCS:
+        (x,) = args
+        if op == "neg" and isinstance(x, Apply) and x.op == "neg":
+            return x.args[0]
+        if isinstance(x, Const):
+            try:
+                value = _SCALAR_FUNCS[op](x.value)
+                if not math.isnan(value):
+                    return const(value)
+            except (ValueError, OverflowError):
+                pass
+        return Apply(x.dims, op, (x,))
+    if op in ("matmul", "outer", "dot", "sum", "transpose"):
+        if any(is_const(a, 0.0) for a in args):
+            return const(0.0)
+        if any(isinstance(a, Const) for a in args):
+            raise NotCanonical(f"{op} of a constant")
+        if op == "matmul":
+            a, b = args
+            if len(a.dims) == 0 or len(b.dims) == 0 or a.dims[-1] != b.dims[0]:
+                raise NotCanonical("matmul shapes")
+            return Apply(a.dims[:-1] + b.dims[1:], op, args)
+        if op == "outer":
+            return Apply(args[0].dims + args[1].dims, op, args)
+        if op in ("dot", "sum"):
+            return Apply((), op, args)
+        return Apply(args[0].dims[::-1], op, args)
+    raise AssertionError(op)  # pragma: no cover
+
+
+class ExprOps:
+    """Evaluator semantics whose values are (folded) IR expressions."""
+
+    def const(self, node: Const) -> Expr:
+        return node
+
+    def apply(self, node: Apply, args: list[Any]) -> Expr:
+        return make(node.op, *args)
+
+
+def state_dependent_lets(rec: Recurrence, names: set[str]) -> set[str]:
+    """Lets whose value depends (transitively) on any of `names`."""
+    dependent: set[str] = set()
+    for let in rec.lets:
+        refs = {n.name for n in walk(let.expr) if isinstance(n, Ref)}
+        if refs & (names | dependent):
+            dependent.add(let.name)
+    return dependent
+
+
+def substitute(rec: Recurrence, expr: Expr, bindings: dict[str, Expr]) -> Expr:
+    """`expr` with names replaced by `bindings`; dependent lets are inlined."""
+    env: dict[str, Any] = {}
+    for decl in rec.inputs:
+        env[decl.name] = Ref(decl.dims, decl.name, INPUT)
+    for decl in rec.params:
+        env[decl.name] = Ref(decl.dims, decl.name, PARAM)
+    for s in rec.states:
+        env[s.name] = Ref(s.dims, s.name, STATE)
+    dependent = state_dependent_lets(rec, set(bindings))
+    env.update(bindings)
+    ops = ExprOps()
+    for let in rec.lets:
+        if let.name in dependent:
+            env[let.name] = evaluate(let.expr, env, ops)
+        else:
+            env[let.name] = Ref(let.expr.dims, let.name, LET)
+    return evaluate(expr, env, ops)
+
+
+def mentions(expr: Expr | None, names: set[str]) -> bool:
+    return expr is not None and any(isinstance(n, Ref) and n.name in names for n in walk(expr))
+
+
+class AbstractOps:
+    """An evaluator semantics over an abstract domain with IR expressions as its
+    state-free values. Subclasses handle values that involve the state."""
+
+    def free(self, expr: Expr) -> Any:
+        return expr
+
+    def is_free(self, value: Any) -> bool:
+        return isinstance(value, Expr)
+
+    def const(self, node: Const) -> Any:
+        return self.free(node)
+
+    def apply(self, node: Apply, args: list[Any]) -> Any:
+        if all(self.is_free(a) for a in args):
+            return self.free(make(node.op, *(self.expr_of(a) for a in args)))
+        return self.apply_abstract(node, args)
+
+    def expr_of(self, value: Any) -> Expr:
+        return value
+
+    def apply_abstract(self, node: Apply, args: list[Any]) -> Any:
+        raise NotCanonical(f"'{node.op}' of the state")
+
+
+def abstract_updates(rec: Recurrence, ops: AbstractOps, states: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate every update with `states` bound to abstract values.
+
+    Inputs, params and other states are free references; a let whose value
+    comes out state-free stays a reference to the let.
+    """
+    env: dict[str, Any] = {}
+    for decl in rec.inputs:
+        env[decl.name] = ops.free(Ref(decl.dims, decl.name, INPUT))
+    for decl in rec.params:
+        env[decl.name] = ops.free(Ref(decl.dims, decl.name, PARAM))
+    for s in rec.states:
+        env[s.name] = states.get(s.name, ops.free(Ref(s.dims, s.name, STATE)))
+    for let in rec.lets:
+        value = evaluate(let.expr, env, ops)
+        env[let.name] = ops.free(Ref(let.expr.dims, let.name, LET)) if ops.is_free(value) else value
+    return {u.name: evaluate(u.expr, env, ops) for u in rec.updates}

@@ -1,0 +1,198 @@
+"""Scalarise a recurrence into per-element sympy expressions.
+
+Stage: analysis. The dims are instantiated with small concrete sizes and the
+shared IR evaluator runs one step with numpy arrays of sympy expressions as
+values, so every element of every new state is one sympy expression in
+scalar symbols named like `h[0]`, `S[1,2]`, `k[0]`. sympy then does the
+algebra the classifier decides with: derivatives, dependence, linearity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+import numpy as np
+import sympy
+
+from recc.ir.evaluate import align, step
+from recc.ir.nodes import Apply, Const, Recurrence
+
+
+class sigmoid(sympy.Function):  # noqa: N801 - named like the spec function
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return 1 / (1 + sympy.exp(-x))
+        return None
+
+    def fdiff(self, argindex=1):
+        s = sigmoid(self.args[0])
+        return s * (1 - s)
+
+
+class softplus(sympy.Function):  # noqa: N801
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sympy.log(1 + sympy.exp(x))
+        return None
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+
+def _relu(x):
+    return sympy.Max(x, 0)
+
+
+def _silu(x):
+    return x * sigmoid(x)
+
+
+_FUNCS = {
+    "neg": lambda x: -x,
+    "exp": sympy.exp,
+    "log": sympy.log,
+    "sigmoid": sigmoid,
+    "tanh": sympy.tanh,
+    "softplus": softplus,
+    "relu": _relu,
+    "silu": _silu,
+    "sqrt": sympy.sqrt,
+    "abs": sympy.Abs,
+}
+_BINARY = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "max": sympy.Max,
+    "min": sympy.Min,
+}
+
+
+class SympyOps:
+    """IR operators on numpy object arrays of sympy expressions (no batch axes)."""
+
+    def const(self, node: Const) -> np.ndarray:
+        value = node.value
+        if value == float("inf"):
+            expr: Any = sympy.oo
+        elif value == float("-inf"):
+            expr = -sympy.oo
+        elif float(value).is_integer():
+            expr = sympy.Integer(int(value))
+        else:
+            expr = sympy.Float(value)
+        return np.array(expr, dtype=object)
+
+    def apply(self, node: Apply, args: list[Any]) -> np.ndarray:
+        op = node.op
+        if op in _BINARY:
+            a = align(args[0], node.args[0].dims, node.dims)
+            b = align(args[1], node.args[1].dims, node.dims)
+            a, b = np.broadcast_arrays(a, b)
+            fn = _BINARY[op]
+            out = np.empty(a.shape, dtype=object)
+            for index in np.ndindex(a.shape):
+                out[index] = fn(a[index], b[index])
+            return out
+        if op in _FUNCS:
+            fn = _FUNCS[op]
+            x = args[0]
+            out = np.empty(x.shape, dtype=object)
+            for index in np.ndindex(x.shape):
+                out[index] = fn(x[index])
+            return out
+        if op == "matmul":
+            a, b = args
+            return np.array(np.matmul(a, b), dtype=object)
+        if op == "outer":
+            return np.array(np.multiply.outer(args[0], args[1]), dtype=object)
+        if op == "dot":
+            return np.array(sum(args[0] * args[1]), dtype=object)
+        if op == "sum":
+            return np.array(sum(args[0].flat), dtype=object)
+        if op == "transpose":
+            return args[0].T
+        raise AssertionError(f"unknown op {op}")  # pragma: no cover
+
+
+def _symbols(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.empty(shape, dtype=object)
+    for index in np.ndindex(shape):
+        label = ",".join(str(i) for i in index)
+        arr[index] = sympy.Symbol(f"{name}[{label}]" if shape else name, real=True)
+    return arr
+
+
+@dataclass(frozen=True)
+class Scalarised:
+    """One step of a recurrence at concrete dim sizes, element by element."""
+
+    sizes: dict[str, int]
+    old: dict[str, np.ndarray]  # state name -> array of state symbols
+    new: dict[str, np.ndarray]  # state name -> array of update expressions
+    values: dict[str, np.ndarray]  # input/param name -> array of symbols
+
+    def state_elements(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Every (state, index) in a fixed order."""
+        return [(name, idx) for name, arr in self.old.items() for idx in np.ndindex(arr.shape)]
+
+    def state_symbols(self) -> set[sympy.Symbol]:
+        return {s for arr in self.old.values() for s in arr.flat}
+
+
+def scalarise(rec: Recurrence, sizes: dict[str, int]) -> Scalarised:
+    env: dict[str, Any] = {}
+    values = {}
+    for decl in (*rec.inputs, *rec.params):
+        values[decl.name] = _symbols(decl.name, tuple(sizes[d] for d in decl.dims))
+    old = {s.name: _symbols(s.name, tuple(sizes[d] for d in s.dims)) for s in rec.states}
+    env.update(values)
+    env.update(old)
+    new, _ = step(rec, SympyOps(), env, outputs=False)
+    new = {name: np.broadcast_to(arr, old[name].shape) for name, arr in new.items()}
+    return Scalarised(sizes, old, new, values)
+
+
+def uniform_sizes(rec: Recurrence, size: int) -> dict[str, int]:
+    return {d: size for d in rec.dims}
+
+
+def jacobian(sc: Scalarised) -> dict[tuple[int, int], sympy.Expr]:
+    """Non-zero entries d new[i] / d old[j] over flattened state elements."""
+    elements = sc.state_elements()
+    symbol_index = {sc.old[name][idx]: j for j, (name, idx) in enumerate(elements)}
+    entries = {}
+    for i, (name, idx) in enumerate(elements):
+        f = sc.new[name][idx]
+        for sym in f.free_symbols & symbol_index.keys():
+            d = sympy.diff(f, sym)
+            if d != 0:
+                entries[(i, symbol_index[sym])] = d
+    return entries
+
+
+def depends(expr: sympy.Expr, symbols: set[sympy.Symbol]) -> bool:
+    return bool(expr.free_symbols & symbols)
+
+
+def random_values(sc: Scalarised, rng: np.random.Generator) -> dict[sympy.Symbol, float]:
+    """Random numbers for every input/param symbol (states excluded)."""
+    out = {}
+    for arr in sc.values.values():
+        for sym in arr.flat:
+            # Positive and below 1, so log, sqrt(1 - x*x) and friends stay real.
+            out[sym] = float(rng.uniform(0.1, 0.9))
+    return out
+
+
+def evaluate_numeric(expr: sympy.Expr, values: dict[sympy.Symbol, float]) -> float:
+    return float(sympy.N(expr.xreplace({k: sympy.Float(v) for k, v in values.items()})))
+
+
+def index_product(shape: tuple[int, ...]):
+    return product(*(range(n) for n in shape))
