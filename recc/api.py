@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from recc import interpreter
 from recc.analysis import Analysis, analyze
 from recc.errors import RecError
@@ -48,9 +47,8 @@ class CompiledRecurrence:
         **tensors: Any,
     ) -> Any:
         if args:
-            raise RecError(
-                f"pass tensors by name, e.g. fn({', '.join(f'{i.name}=...' for i in self.spec.inputs)})"
-            )
+            example = ", ".join(f"{i.name}=..." for i in self.spec.inputs)
+            raise RecError(f"pass tensors by name, e.g. fn({example})")
         bound = bind(self.spec, tensors, initial_state)
         outputs, finals = interpreter.run(self.spec, bound)
         out = tuple(outputs[o.name] for o in self.spec.outputs)
@@ -74,9 +72,7 @@ def compile(path_or_source: str | Path, backend: str = "auto") -> CompiledRecurr
     tensors' device; today that is the interpreter for every class.
     """
     if backend not in BACKENDS:
-        raise RecError(
-            f"unknown backend '{backend}'", hint=f"choose one of: {', '.join(BACKENDS)}"
-        )
+        raise RecError(f"unknown backend '{backend}'", hint=f"choose one of: {', '.join(BACKENDS)}")
     spec = load(path_or_source)
     chosen = "interpreter" if backend == "auto" else backend
     return CompiledRecurrence(spec, chosen)

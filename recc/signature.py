@@ -128,8 +128,9 @@ def bind(
         want = (B, T, *((H,) if heads else ()))
         if x.dim() != len(decl.dims) + n_lead or tuple(x.shape[:n_lead]) != want:
             raise RecError(
-                f"input '{decl.name}' has shape {list(x.shape)}; expected {_layout(decl.dims, lead)}"
-                f" with {lead} = {list(want)} (from input '{first.name}')",
+                f"input '{decl.name}' has shape {list(x.shape)}; "
+                f"expected {_layout(decl.dims, lead)} with {lead} = {list(want)} "
+                f"(from input '{first.name}')",
             )
         if x.device != device:
             raise RecError(
@@ -164,7 +165,10 @@ def bind(
         if s.name in states:
             x = _check_tensor("initial state", s.name, states[s.name])
             want_lead = (B, *((H,) if heads else ()))
-            if x.dim() != len(s.dims) + len(want_lead) or tuple(x.shape[: len(want_lead)]) != want_lead:
+            if (
+                x.dim() != len(s.dims) + len(want_lead)
+                or tuple(x.shape[: len(want_lead)]) != want_lead
+            ):
                 raise RecError(
                     f"initial state '{s.name}' has shape {list(x.shape)}; expected "
                     f"{_layout(s.dims, 'B, H' if heads else 'B')} with "
@@ -175,7 +179,7 @@ def bind(
                     f"initial state '{s.name}' is on {x.device}, but inputs are on {device}",
                     hint="move every tensor to one device",
                 )
-            bind_dims("initial state", s.name, tuple(x.shape[len(want_lead):]), s.dims, "")
+            bind_dims("initial state", s.name, tuple(x.shape[len(want_lead) :]), s.dims, "")
 
     for s in rec.states:
         for d in s.dims:

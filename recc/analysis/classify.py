@@ -57,7 +57,9 @@ def analyze(rec: Recurrence) -> Analysis:
     reasons: list[str] = []
 
     def done(kind, form, **extra) -> Analysis:
-        return Analysis(kind, form, structure, reasons=tuple(reasons), transition=transition, **extra)
+        return Analysis(
+            kind, form, structure, reasons=tuple(reasons), transition=transition, **extra
+        )
 
     if affine:
         reasons.append("every entry of d(new state)/d(state) is free of the state: affine")
@@ -78,9 +80,7 @@ def analyze(rec: Recurrence) -> Analysis:
                             f"the spec's low-rank terms number {form.rank}; "
                             f"the minimal rank is {rank}"
                         )
-                    reasons.append(
-                        f"S' = S @ (diag(d) - rank-{rank}) + B: diagonal-plus-low-rank"
-                    )
+                    reasons.append(f"S' = S @ (diag(d) - rank-{rank}) + B: diagonal-plus-low-rank")
                     return done(DPLR, form, rank=rank)
                 except NotCanonical as err:
                     reasons.append(f"no DPLR form ({err}); staying general")

@@ -94,7 +94,9 @@ class DplrOps(AbstractOps):
         if isinstance(a, MatAff) and isinstance(b, MatAff):
             if op == "sub":
                 b = self.scale(b, const(-1.0), "mul")
-            return MatAff(_opt("add", a.decay, b.decay), a.terms + b.terms, _opt("add", a.off, b.off))
+            return MatAff(
+                _opt("add", a.decay, b.decay), a.terms + b.terms, _opt("add", a.off, b.off)
+            )
         if isinstance(a, VecAff) and isinstance(b, VecAff):
             return VecAff(_opt(op, a.p, b.p), _opt(op, a.off, b.off))
         raise NotCanonical("sum of a matrix and a vector")
@@ -129,9 +131,7 @@ def dplr_form(rec: Recurrence, state: str) -> DplrForm:
     value = abstract_updates(rec, ops, {state: seed})[state]
     if not isinstance(value, MatAff):  # e.g. the update ignores the state
         raise NotCanonical("the update is not a matrix affine in the state")
-    terms = tuple(
-        LowRankTerm(u, w) for u, w in value.terms if not (_is_zero(u) or _is_zero(w))
-    )
+    terms = tuple(LowRankTerm(u, w) for u, w in value.terms if not (_is_zero(u) or _is_zero(w)))
     decay = None if value.decay is None or _is_zero(value.decay) else value.decay
     return DplrForm(state=state, decay=decay, terms=terms, inject=value.off)
 

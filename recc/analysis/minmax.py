@@ -55,6 +55,8 @@ class MaxPlusOps(AbstractOps):
             if op == "add" and self.is_free(x) and isinstance(y, Shift):
                 return Shift(make("add", x, y.a), None if y.b is None else make("add", x, y.b))
             raise NotCanonical("max-plus allows s + c and s - c with a state-free c")
+        if op == "relu":  # relu(x) = max(x, 0)
+            op, y = "max", const(0.0)
         if op == "max":
             if isinstance(x, Shift) and isinstance(y, Shift):
                 return Shift(make("max", x.a, y.a), _max(x.b, y.b))

@@ -14,7 +14,20 @@ import math
 from typing import Any
 
 from recc.ir.evaluate import evaluate
-from recc.ir.nodes import INPUT, LET, PARAM, STATE, Apply, Const, Dims, Expr, Recurrence, Ref, embed, walk
+from recc.ir.nodes import (
+    INPUT,
+    LET,
+    PARAM,
+    STATE,
+    Apply,
+    Const,
+    Dims,
+    Expr,
+    Recurrence,
+    Ref,
+    embed,
+    walk,
+)
 
 
 class NotCanonical(Exception):

@@ -68,8 +68,7 @@ def plan(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
     structure = analysis.jacobian.describe()
     return LoweringPlan(
         "newton",
-        f"Newton-parallel solver (DEER/ParaRNN) with a {structure} Jacobian; "
-        "sequential fallback",
+        f"Newton-parallel solver (DEER/ParaRNN) with a {structure} Jacobian; sequential fallback",
         "no linear structure proven; each Newton iteration is one linear scan",
         IMPLEMENTED_BACKENDS,
     )
