@@ -11,14 +11,15 @@ from typing import Any
 
 from recc import interpreter
 from recc.analysis import Analysis, analyze
+from recc.backends.torch import run_scan
 from recc.errors import RecError
 from recc.ir import Recurrence, load
 from recc.lowering import LoweringPlan, plan
-from recc.lowering.plan import IMPLEMENTED_BACKENDS
+from recc.lowering.plan import ALL_BACKENDS, TORCH
 from recc.report import explain
 from recc.signature import bind
 
-BACKENDS = ("auto", *IMPLEMENTED_BACKENDS)
+BACKENDS = ("auto", *ALL_BACKENDS)
 
 
 class CompiledRecurrence:
@@ -35,9 +36,17 @@ class CompiledRecurrence:
 
     def __init__(self, spec: Recurrence, backend: str) -> None:
         self.spec = spec
-        self.backend = backend
         self.analysis: Analysis = analyze(spec)
         self.plan: LoweringPlan = plan(spec, self.analysis)
+        if backend == "auto":
+            backend = self.plan.backends[0]
+        elif backend not in self.plan.backends:
+            raise RecError(
+                f"backend '{backend}' has no lowering for '{spec.name}' "
+                f"({self.analysis.kind} class) yet",
+                hint=f"use backend='auto' or one of: {', '.join(self.plan.backends)}",
+            )
+        self.backend = backend
 
     def __call__(
         self,
@@ -50,7 +59,10 @@ class CompiledRecurrence:
             example = ", ".join(f"{i.name}=..." for i in self.spec.inputs)
             raise RecError(f"pass tensors by name, e.g. fn({example})")
         bound = bind(self.spec, tensors, initial_state)
-        outputs, finals = interpreter.run(self.spec, bound)
+        if self.backend == TORCH:
+            outputs, finals = run_scan(self.spec, self.analysis, bound)
+        else:
+            outputs, finals = interpreter.run(self.spec, bound)
         out = tuple(outputs[o.name] for o in self.spec.outputs)
         result: Any = out[0] if len(out) == 1 else out
         if not output_final_state:
@@ -66,16 +78,15 @@ class CompiledRecurrence:
 
 
 def compile(path_or_source: str | Path, backend: str = "auto") -> CompiledRecurrence:  # noqa: A001
-    """Compile a `.rec` file (path) or spec text. `backend`: "auto" or "interpreter".
+    """Compile a `.rec` file (path) or spec text.
 
-    "auto" picks the fastest implemented executor for the spec and the
-    tensors' device; today that is the interpreter for every class.
+    `backend`: "auto" (the fastest implemented executor for the spec's class:
+    "torch" for diagonal and MinMax specs, else "interpreter"), "torch" (the
+    chunked-scan lowering, any device) or "interpreter" (the reference).
     """
     if backend not in BACKENDS:
         raise RecError(f"unknown backend '{backend}'", hint=f"choose one of: {', '.join(BACKENDS)}")
-    spec = load(path_or_source)
-    chosen = "interpreter" if backend == "auto" else backend
-    return CompiledRecurrence(spec, chosen)
+    return CompiledRecurrence(load(path_or_source), backend)
 
 
 __all__ = ["CompiledRecurrence", "compile"]

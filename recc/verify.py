@@ -1,9 +1,13 @@
 """`recc check`: run what exists for a spec against the interpreter.
 
-Stage: top level (uses analysis, lowering, interpreter). Today the executors
-are the interpreter and the canonical form (`form_step`); each lowering adds
-its backends here. Random fp64 inputs at small distinct dim sizes, stepped for
-a few steps; every state after every step must agree to `TOLERANCE`.
+Stage: top level (uses analysis, lowering, backends, interpreter). Random
+fp64 inputs at small distinct dim sizes:
+  - the canonical form (`form_step`) must reproduce every step's states;
+  - every backend the lowering plan lists must reproduce the interpreter's
+    outputs, final states, and gradients (of a random projection of all
+    outputs and final states) with respect to every input, param and
+    initial state.
+Everything must agree to `TOLERANCE` (relative, fp64).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from recc.analysis import Analysis, analyze, form_step
+from recc.backends.torch import run_scan
 from recc.interpreter import TorchOps, run
 from recc.ir.evaluate import step
 from recc.ir.nodes import Recurrence
 from recc.lowering import LoweringPlan, plan
+from recc.lowering.plan import INTERPRETER, TORCH
 from recc.signature import bind
 
 TOLERANCE = 1e-10  # max |form - interpreter| / (1 + |interpreter|), fp64
@@ -29,12 +35,14 @@ class CheckResult:
     analysis: Analysis
     plan: LoweringPlan
     form_error: float
+    backend_errors: dict[str, float]  # backend -> worst relative error (values and grads)
     inputs: str  # which input distribution was used
     seconds: float
 
     @property
     def ok(self) -> bool:
-        return self.form_error <= TOLERANCE
+        errors = [self.form_error, *self.backend_errors.values()]
+        return all(e <= TOLERANCE for e in errors)
 
 
 def random_call(rec: Recurrence, positive: bool, seed: int = 0, B: int = 2, T: int = 8):
@@ -64,8 +72,46 @@ def check(rec: Recurrence, seed: int = 0) -> CheckResult:
         if all(torch.isfinite(v).all() for v in [*outputs.values(), *finals.values()]):
             break
     error = _form_error(rec, analysis, bound)
+    backend_errors = {
+        backend: _backend_error(rec, analysis, backend, tensors, init, seed)
+        for backend in lowering.backends
+        if backend != INTERPRETER
+    }
     name = "positive uniform(0.05, 0.95)" if positive else "normal(0, 0.5)"
-    return CheckResult(rec, analysis, lowering, error, name, time.perf_counter() - start)
+    return CheckResult(
+        rec, analysis, lowering, error, backend_errors, name, time.perf_counter() - start
+    )
+
+
+_RUNNERS = {TORCH: run_scan}
+
+
+def _backend_error(rec, analysis, backend, tensors, init, seed) -> float:
+    """Worst relative error of a backend vs the interpreter, values and gradients."""
+
+    def run_with(executor):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in {**tensors, **init}.items()}
+        bound = bind(rec, {k: leaves[k] for k in tensors}, {k: leaves[k] for k in init})
+        if executor == INTERPRETER:
+            outputs, finals = run(rec, bound)
+        else:
+            outputs, finals = _RUNNERS[executor](rec, analysis, bound)
+        results = [*outputs.values(), *finals.values()]
+        g = torch.Generator().manual_seed(seed + 1)
+        loss = sum((r * torch.randn(r.shape, generator=g, dtype=r.dtype)).sum() for r in results)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        grads = [torch.zeros_like(x) if d is None else d for x, d in zip(leaves.values(), grads)]
+        return [r.detach() for r in results] + list(grads)
+
+    reference, candidate = run_with(INTERPRETER), run_with(backend)
+    worst = 0.0
+    for ref, got in zip(reference, candidate):
+        if ref.numel() == 0:
+            continue
+        same = (ref == got) | (torch.isnan(ref) & torch.isnan(got))
+        diff = torch.where(same, torch.zeros_like(ref), (got - ref).abs() / (1 + ref.abs()))
+        worst = max(worst, float(diff.max()))
+    return worst
 
 
 def _form_error(rec: Recurrence, analysis: Analysis, bound) -> float:

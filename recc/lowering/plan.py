@@ -14,7 +14,10 @@ from recc.analysis.forms import DIAGONAL, DPLR, MINMAX, Analysis, DiagonalForm
 from recc.ir.nodes import Recurrence
 
 INTERPRETER = "interpreter"
-IMPLEMENTED_BACKENDS = (INTERPRETER,)
+TORCH = "torch"
+ALL_BACKENDS = (TORCH, INTERPRETER)
+SCAN_BACKENDS = (TORCH, INTERPRETER)  # in order of preference
+REFERENCE_ONLY = (INTERPRETER,)
 
 
 @dataclass(frozen=True)
@@ -22,13 +25,13 @@ class LoweringPlan:
     algorithm: str  # short name, e.g. "scan", "chunkwise", "newton"
     description: str  # one line for humans
     why: str
-    backends: tuple[str, ...]  # executors available for this spec today
+    backends: tuple[str, ...]  # executors available for this spec today, best first
 
     @property
     def status(self) -> str:
         if self.backends == (INTERPRETER,):
             return f"{self.algorithm} planned; runs on the interpreter until its backend lands"
-        return f"{self.algorithm} on {', '.join(self.backends)}"
+        return f"{self.algorithm} on {' and '.join(self.backends)} (first is the default)"
 
 
 def plan(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
@@ -43,32 +46,32 @@ def plan(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
                 "scan",
                 f"associative scan on {combine}; matrix state kept on chip, readout fused",
                 "diagonal decay: steps compose as a_2*a_1, a_2*b_1 + b_2",
-                IMPLEMENTED_BACKENDS,
+                SCAN_BACKENDS,
             )
         return LoweringPlan(
             "scan",
             f"associative scan on {combine} over time, gates computed in-kernel, readout fused",
             "diagonal linear recurrence: steps compose associatively",
-            IMPLEMENTED_BACKENDS,
+            SCAN_BACKENDS,
         )
     if kind == DPLR:
         return LoweringPlan(
             "chunkwise",
             f"chunkwise WY/UT-transform kernel (rank {analysis.rank}), state passed between chunks",
             "identity-plus-low-rank transitions compose into compact WY form within a chunk",
-            IMPLEMENTED_BACKENDS,
+            REFERENCE_ONLY,
         )
     if kind == MINMAX:
         return LoweringPlan(
             "scan",
             f"associative scan over the {analysis.semiring} semiring",
             "max/min/+ maps of the state compose in closed form",
-            IMPLEMENTED_BACKENDS,
+            SCAN_BACKENDS,
         )
     structure = analysis.jacobian.describe()
     return LoweringPlan(
         "newton",
         f"Newton-parallel solver (DEER/ParaRNN) with a {structure} Jacobian; sequential fallback",
         "no linear structure proven; each Newton iteration is one linear scan",
-        IMPLEMENTED_BACKENDS,
+        REFERENCE_ONLY,
     )

@@ -1,0 +1,273 @@
+"""Chunked scan for diagonal and MinMax recurrences, in portable torch.
+
+Stage: backend (torch). The sequence is cut into `nc` chunks of `L` steps.
+
+  pass 1  all chunks at once, step by step: each chunk's transition from a
+          zero start, summarised as one map (for s' = a*s + b: the products
+          of a and the local state; for MinMax: the composed (a, b));
+  carry   chunk by chunk: the state entering every chunk (nc small steps);
+  pass 2  all chunks at once again, from their true entering states: the
+          states step by step, and the outputs read off them.
+
+Gates are recomputed per step from the inputs in both passes rather than
+stored, so memory stays O(inputs + outputs + one step of state per chunk):
+expanded states (Mamba's [D, N]) are never materialised over time. With
+L ~ sqrt(T) this is about 3*sqrt(T) short loops of vector ops instead of T.
+Gradients come from torch autograd through these ops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from recc.analysis.forms import Analysis, DiagonalForm, MinMaxForm
+from recc.analysis.rewrite import state_dependent_lets
+from recc.interpreter import TorchOps
+from recc.ir.evaluate import align, evaluate
+from recc.ir.nodes import Expr, Recurrence
+from recc.signature import Bound
+
+INF = float("inf")
+
+
+def supports(analysis: Analysis) -> bool:
+    return isinstance(analysis.form, (DiagonalForm, MinMaxForm))
+
+
+def chunk_length(T: int) -> int:
+    """About sqrt(T): balances the two passes (2L steps) against the carry (T/L)."""
+    return max(1, min(256, math.ceil(math.sqrt(max(T, 1)))))
+
+
+@dataclass
+class _Step:
+    """One step's environment (inputs, params, state-free lets) for all chunks."""
+
+    env: dict[str, Any]
+
+
+class _Scan:
+    def __init__(self, rec: Recurrence, analysis: Analysis, bound: Bound) -> None:
+        self.rec, self.form, self.bound = rec, analysis.form, bound
+        self.ops = TorchOps(bound.compute_dtype, bound.device)
+        names = {s.name for s in rec.states}
+        dependent = state_dependent_lets(rec, names)
+        self.free_lets = [let for let in rec.lets if let.name not in dependent]
+        self.dependent_lets = [let for let in rec.lets if let.name in dependent]
+
+    # ---- per-step coefficients ----
+    def env_at(self, inputs: dict[str, torch.Tensor], i: int) -> dict[str, Any]:
+        env: dict[str, Any] = dict(self.bound.params)
+        for name, x in inputs.items():
+            env[name] = x[:, :, i]
+        for let in self.free_lets:
+            env[let.name] = evaluate(let.expr, env, self.ops)
+        return env
+
+    def coef(self, expr: Expr | None, env: dict[str, Any], dims, shape) -> torch.Tensor | None:
+        if expr is None:
+            return None
+        value = align(evaluate(expr, env, self.ops), expr.dims, dims)
+        return torch.broadcast_to(value, shape)
+
+    def step_maps(self, env: dict[str, Any], shapes: dict[str, tuple[int, ...]], valid):
+        """The step's map per state group, with padded steps made the identity."""
+        maps = []
+        if isinstance(self.form, DiagonalForm):
+            for block in self.form.blocks:
+                shape = shapes[block.states[0]]
+                dims = self.rec.state(block.states[0]).dims
+                a = [[self.coef(c, env, dims, shape) for c in row] for row in block.coupling]
+                b = [self.coef(c, env, dims, shape) for c in block.inject]
+                if valid is not None:
+                    a = [
+                        [_where(valid, x, 1.0 if i == j else 0.0, shape) for j, x in enumerate(row)]
+                        for i, row in enumerate(a)
+                    ]
+                    b = [_where(valid, x, 0.0, shape) for x in b]
+                maps.append((a, b))
+        else:
+            assert isinstance(self.form, MinMaxForm)
+            for s in self.rec.states:
+                a_expr, b_expr = self.form.coefficients[s.name]
+                shape = shapes[s.name]
+                a = self.coef(a_expr, env, s.dims, shape)
+                b = self.coef(b_expr, env, s.dims, shape)
+                if valid is not None:
+                    a = _where(valid, a, INF if self.form.semiring == "max-min" else 0.0, shape)
+                    b = _where(valid, b, -INF, shape)
+                maps.append((a, b))
+        return maps
+
+    # ---- map algebra: apply a map to states; compose two maps ----
+    def apply(self, maps, states: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        new = {}
+        if isinstance(self.form, DiagonalForm):
+            for block, (a, b) in zip(self.form.blocks, maps):
+                for i, target in enumerate(block.states):
+                    total = b[i]
+                    for j, source in enumerate(block.states):
+                        if a[i][j] is not None:
+                            term = a[i][j] * states[source]
+                            total = term if total is None else total + term
+                    new[target] = total if total is not None else torch.zeros_like(states[target])
+            return new
+        for s, (a, b) in zip(self.rec.states, maps):
+            x = states[s.name]
+            if self.form.semiring == "max-min":
+                y = x if a is None else torch.minimum(x, a)
+            else:
+                y = x if a is None else x + a
+            new[s.name] = y if b is None else torch.maximum(y, b)
+        return new
+
+    def compose(self, first, then):
+        """The map `then` after `first`."""
+        if isinstance(self.form, DiagonalForm):
+            out = []
+            for (a1, b1), (a2, b2) in zip(first, then):
+                k = len(a1)
+                a = [
+                    [
+                        _dot([a2[i][m] for m in range(k)], [a1[m][j] for m in range(k)])
+                        for j in range(k)
+                    ]
+                    for i in range(k)
+                ]
+                b = [_add(_dot(a2[i], b1), b2[i]) for i in range(k)]
+                out.append((a, b))
+            return out
+        out = []
+        for (a1, b1), (a2, b2) in zip(first, then):
+            if self.form.semiring == "max-min":
+                a = _opt(torch.minimum, a1, a2)
+                b = _opt(torch.maximum, None if b1 is None else _opt(torch.minimum, a2, b1), b2)
+            else:
+                a = _opt(torch.add, a1, a2)
+                b = _opt(torch.maximum, None if b1 is None else _opt(torch.add, b1, a2), b2)
+            out.append((a, b))
+        return out
+
+    def chunk(self, maps, c: int):
+        return _map_tensors(maps, lambda x: x[:, c])
+
+
+def _where(valid: torch.Tensor, x: torch.Tensor | None, identity: float, shape) -> torch.Tensor:
+    mask = valid.reshape((1, -1) + (1,) * (len(shape) - 2))
+    fill = torch.full(
+        (), identity, dtype=valid.dtype if x is None else x.dtype, device=valid.device
+    )
+    if x is None:
+        x = torch.zeros((), dtype=fill.dtype, device=fill.device)
+    return torch.broadcast_to(torch.where(mask, x, fill), shape)
+
+
+def _add(x, y):
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return x + y
+
+
+def _dot(xs, ys):
+    total = None
+    for x, y in zip(xs, ys):
+        if x is not None and y is not None:
+            total = _add(total, x * y)
+    return total
+
+
+def _opt(fn, x, y):
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return fn(x, y)
+
+
+def _map_tensors(tree, fn):
+    if tree is None:
+        return None
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    return type(tree)(_map_tensors(t, fn) for t in tree)
+
+
+def run_scan(
+    rec: Recurrence, analysis: Analysis, bound: Bound, chunk: int | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Outputs `[B, T, (H), ...]` and final states, like `recc.interpreter.run`."""
+    scan = _Scan(rec, analysis, bound)
+    B, T = bound.B, bound.T
+    heads = bound.batch_heads
+    if T == 0:
+        outputs = {
+            o.name: torch.zeros(
+                (B, 0, *heads, *bound.shape_of(o.expr.dims)),
+                dtype=bound.out_dtype,
+                device=bound.device,
+            )
+            for o in rec.outputs
+        }
+        return outputs, dict(bound.initial_state)
+    L = chunk or chunk_length(T)
+    nc = math.ceil(T / L)
+    pad = nc * L - T
+    inputs = {}
+    for name, x in bound.inputs.items():
+        if pad:
+            x = torch.cat([x, x[:, -1:].expand(B, pad, *x.shape[2:])], dim=1)
+        inputs[name] = x.reshape(B, nc, L, *x.shape[2:])
+    shapes = {s.name: (B, nc, *heads, *bound.shape_of(s.dims)) for s in rec.states}
+    # Steps past T in the last chunk are padding: they must act as the identity.
+    valid_from = L - pad  # first padded position within the last chunk
+
+    def valid_at(i: int) -> torch.Tensor | None:
+        if i < valid_from:
+            return None
+        mask = torch.ones(nc, dtype=torch.bool, device=bound.device)
+        mask[-1] = False
+        return mask
+
+    # pass 1: every chunk's map, composed step by step from the identity
+    summary = None
+    for i in range(L):
+        env = scan.env_at(inputs, i)
+        maps = scan.step_maps(env, shapes, valid_at(i))
+        summary = maps if summary is None else scan.compose(summary, maps)
+    # carry: the state entering each chunk
+    entering: list[dict[str, torch.Tensor]] = []
+    state = {k: v for k, v in bound.initial_state.items()}
+    for c in range(nc):
+        entering.append(state)
+        chunk_map = scan.chunk(summary, c)
+        state = {
+            k: torch.broadcast_to(v, bound.initial_state[k].shape)
+            for k, v in scan.apply(chunk_map, state).items()
+        }
+    finals = state
+    # pass 2: states and outputs, all chunks at once from their entering states
+    states = {name: torch.stack([e[name] for e in entering], dim=1) for name in state}
+    per_step: dict[str, list[torch.Tensor]] = {o.name: [] for o in rec.outputs}
+    for i in range(L):
+        env = scan.env_at(inputs, i)
+        maps = scan.step_maps(env, shapes, None)
+        env.update(states)
+        for let in scan.dependent_lets:
+            env[let.name] = evaluate(let.expr, env, scan.ops)
+        states = {k: torch.broadcast_to(v, shapes[k]) for k, v in scan.apply(maps, states).items()}
+        out_env = {**env, **states}
+        for o in rec.outputs:
+            shape = (B, nc, *heads, *bound.shape_of(o.expr.dims))
+            per_step[o.name].append(torch.broadcast_to(evaluate(o.expr, out_env, scan.ops), shape))
+    outputs = {}
+    for o in rec.outputs:
+        y = torch.stack(per_step[o.name], dim=2)  # [B, nc, L, ...]
+        y = y.reshape(B, nc * L, *y.shape[3:])[:, :T]
+        outputs[o.name] = y.to(bound.out_dtype)
+    return outputs, finals
