@@ -77,6 +77,7 @@ class _Scan:
     def step_maps(self, env: dict[str, Any], shapes: dict[str, tuple[int, ...]], valid):
         """The step's map per state group, with padded steps made the identity."""
         maps = []
+        dtype = self.bound.compute_dtype
         if isinstance(self.form, DiagonalForm):
             for block in self.form.blocks:
                 shape = shapes[block.states[0]]
@@ -85,10 +86,13 @@ class _Scan:
                 b = [self.coef(c, env, dims, shape) for c in block.inject]
                 if valid is not None:
                     a = [
-                        [_where(valid, x, 1.0 if i == j else 0.0, shape) for j, x in enumerate(row)]
+                        [
+                            _where(valid, x, 1.0 if i == j else 0.0, shape, dtype)
+                            for j, x in enumerate(row)
+                        ]
                         for i, row in enumerate(a)
                     ]
-                    b = [_where(valid, x, 0.0, shape) for x in b]
+                    b = [_where(valid, x, 0.0, shape, dtype) for x in b]
                 maps.append((a, b))
         else:
             assert isinstance(self.form, MinMaxForm)
@@ -98,8 +102,10 @@ class _Scan:
                 a = self.coef(a_expr, env, s.dims, shape)
                 b = self.coef(b_expr, env, s.dims, shape)
                 if valid is not None:
-                    a = _where(valid, a, INF if self.form.semiring == "max-min" else 0.0, shape)
-                    b = _where(valid, b, -INF, shape)
+                    # None reads as +inf (max-min) or 0 (max-plus) for a, -inf for b.
+                    identity_a = INF if self.form.semiring == "max-min" else 0.0
+                    a = _where(valid, a, identity_a, shape, dtype, absent=identity_a)
+                    b = _where(valid, b, -INF, shape, dtype, absent=-INF)
                 maps.append((a, b))
         return maps
 
@@ -156,13 +162,15 @@ class _Scan:
         return _map_tensors(maps, lambda x: x[:, c])
 
 
-def _where(valid: torch.Tensor, x: torch.Tensor | None, identity: float, shape) -> torch.Tensor:
+def _where(valid, x, identity: float, shape, dtype, absent: float = 0.0) -> torch.Tensor:
+    """`x` on valid chunks, the identity's coefficient on padded ones.
+
+    `absent` is what a None coefficient means (0 for a linear coefficient).
+    """
     mask = valid.reshape((1, -1) + (1,) * (len(shape) - 2))
-    fill = torch.full(
-        (), identity, dtype=valid.dtype if x is None else x.dtype, device=valid.device
-    )
     if x is None:
-        x = torch.zeros((), dtype=fill.dtype, device=fill.device)
+        x = torch.full((), absent, dtype=dtype, device=valid.device)
+    fill = torch.full((), identity, dtype=dtype, device=valid.device)
     return torch.broadcast_to(torch.where(mask, x, fill), shape)
 
 
