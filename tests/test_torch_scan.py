@@ -1,0 +1,131 @@
+"""The torch scan backend against the interpreter: values, final states, gradients.
+
+Every diagonal and MinMax zoo spec, at awkward lengths (chunks with padding),
+with and without heads, and a long sequence; fp64 must agree to round-off,
+fp32 and bf16 within the stated tolerances.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from recc.analysis import analyze
+from recc.backends.torch import run_scan, supports
+from recc.backends.torch.scan import chunk_length
+from recc.interpreter import run
+from recc.ir import load
+from recc.signature import bind
+from recc.verify import random_call
+
+SPECS = sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.rec"))
+SCAN_SPECS = [p for p in SPECS if supports(analyze(load(p)))]
+FP64 = dict(rtol=1e-10, atol=1e-12)
+
+
+def test_every_diagonal_and_minmax_zoo_spec_is_covered():
+    names = {p.stem for p in SCAN_SPECS}
+    assert {"mingru", "lru", "mamba_s6", "gla", "minmax_rnc", "maxplus"} <= names
+    assert len(names) == 14
+
+
+def _both(rec, tensors, init, chunk=None):
+    a = analyze(rec)
+    out_i, fin_i = run(rec, bind(rec, tensors, init))
+    out_s, fin_s = run_scan(rec, a, bind(rec, tensors, init), chunk=chunk)
+    return (out_i, fin_i), (out_s, fin_s)
+
+
+@pytest.mark.parametrize("T", [1, 17, 64, 100])
+@pytest.mark.parametrize("path", SCAN_SPECS, ids=[p.stem for p in SCAN_SPECS])
+def test_values_match_interpreter(path, T):
+    rec = load(path)
+    tensors, init = random_call(rec, positive=True, T=T, seed=T)
+    (oi, fi), (os_, fs) = _both(rec, tensors, init)
+    for name in oi:
+        torch.testing.assert_close(os_[name], oi[name], **FP64)
+    for name in fi:
+        torch.testing.assert_close(fs[name], fi[name], **FP64)
+
+
+@pytest.mark.parametrize("path", SCAN_SPECS, ids=[p.stem for p in SCAN_SPECS])
+def test_gradients_match_interpreter(path):
+    rec = load(path)
+    tensors, init = random_call(rec, positive=True, T=23, seed=1)
+    leaves = {k: v.requires_grad_(True) for k, v in {**tensors, **init}.items()}
+    a = analyze(rec)
+    results = []
+    for runner in (lambda b: run(rec, b), lambda b: run_scan(rec, a, b, chunk=5)):
+        bound = bind(rec, {k: leaves[k] for k in tensors}, {k: leaves[k] for k in init})
+        outs, fins = runner(bound)
+        g = torch.Generator().manual_seed(0)
+        loss = sum(
+            (x * torch.randn(x.shape, generator=g, dtype=x.dtype)).sum()
+            for x in [*outs.values(), *fins.values()]
+        )
+        results.append(torch.autograd.grad(loss, list(leaves.values()), allow_unused=True))
+    for name, gi, gs in zip(leaves, *results):
+        if gi is None:
+            assert gs is None or gs.abs().max() == 0, name
+            continue
+        torch.testing.assert_close(gs, gi, **FP64, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+@pytest.mark.parametrize("path", SCAN_SPECS, ids=[p.stem for p in SCAN_SPECS])
+def test_heads(path):
+    rec = load(path)
+    tensors, init = random_call(rec, positive=True, T=9, B=2)
+    H = 3
+    inputs = {i.name for i in rec.inputs}
+    heads = {
+        k: (
+            v.unsqueeze(2).repeat(1, 1, H, *[1] * (v.dim() - 2))
+            * torch.linspace(0.5, 1, H).view(1, 1, H, *[1] * (v.dim() - 2)).double()
+            if k in inputs
+            else v
+        )
+        for k, v in tensors.items()
+    }
+    init_h = {k: v.unsqueeze(1).repeat(1, H, *[1] * (v.dim() - 1)) for k, v in init.items()}
+    (oi, fi), (os_, fs) = _both(rec, heads, init_h, chunk=4)
+    for name in oi:
+        torch.testing.assert_close(os_[name], oi[name], **FP64)
+    for name in fi:
+        torch.testing.assert_close(fs[name], fi[name], **FP64)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_any_chunk_length(chunk):
+    rec = load(SPECS[0].parent / "lru.rec")
+    tensors, init = random_call(rec, positive=True, T=20)
+    (oi, fi), (os_, fs) = _both(rec, tensors, init, chunk=chunk)
+    for name in oi:
+        torch.testing.assert_close(os_[name], oi[name], **FP64)
+    for name in fi:
+        torch.testing.assert_close(fs[name], fi[name], **FP64)
+
+
+def test_long_sequence_mingru_and_mamba():
+    for name in ("mingru", "mamba_s6"):
+        rec = load(SPECS[0].parent / f"{name}.rec")
+        tensors, init = random_call(rec, positive=False, T=4096, B=1)
+        assert chunk_length(4096) == 64
+        (oi, fi), (os_, fs) = _both(rec, tensors, init)
+        for key in oi:
+            torch.testing.assert_close(os_[key], oi[key], **FP64)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_low_precision_inputs(dtype, tol):
+    """fp32 and bf16 inputs: computed in fp32 by both; the fp64 result is the reference."""
+    rec = load(SPECS[0].parent / "mingru.rec")
+    tensors, init = random_call(rec, positive=False, T=300)
+    a = analyze(rec)
+    ref, _ = run(rec, bind(rec, tensors, init))
+    low = {k: v.to(dtype) for k, v in tensors.items()}
+    init32 = {k: v.float() for k, v in init.items()}
+    out, fin = run_scan(rec, a, bind(rec, low, init32))
+    assert out["h"].dtype == dtype and fin["h"].dtype == torch.float32
+    torch.testing.assert_close(out["h"].double(), ref["h"], rtol=tol, atol=tol)
