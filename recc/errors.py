@@ -56,15 +56,17 @@ class RecError(Exception):
             return head + (f"\n    hint: {self.hint}" if self.hint else "")
         lines = [f"{name}:{self.span.line}:{self.span.column}: {self.message}"]
         if self.source is not None:
-            text_lines = self.source.splitlines()
+            # Split on '\n' only: spans count lines the way the parser does.
+            text_lines = self.source.split("\n")
             if 0 < self.span.line <= len(text_lines):
-                text = text_lines[self.span.line - 1].expandtabs(1)
-                lines.append("    " + text)
+                text = text_lines[self.span.line - 1].rstrip("\r").expandtabs(1)
+                column = max(self.span.column, 1)
                 if self.span.end_line == self.span.line:
-                    width = max(1, self.span.end_column - self.span.column)
+                    width = max(1, self.span.end_column - column)
                 else:
-                    width = max(1, len(text) - self.span.column + 1)
-                lines.append("    " + " " * (self.span.column - 1) + "^" + "~" * (width - 1))
+                    width = max(1, len(text) - column + 1)
+                lines.append("    " + text)
+                lines.append("    " + " " * (column - 1) + "^" + "~" * (width - 1))
         if self.hint:
             lines.append(f"    hint: {self.hint}")
         return "\n".join(lines)

@@ -46,7 +46,12 @@ class Bound:
 
 
 def _layout(dims: tuple[str, ...], lead: str) -> str:
-    return "[" + ", ".join([*lead.split(",")] + list(dims)) + "]" if lead else str(list(dims))
+    """`[B, T, D]` from dims ("D",) and the leading axes "B, T"."""
+    parts = [p.strip() for p in lead.split(",") if p.strip()] + list(dims)
+    return "[" + ", ".join(parts) + "]"
+
+
+_TIME_HINT = "inputs are batch-first, time second: [batch, time, (heads,) *dims]"
 
 
 def _check_tensor(kind: str, name: str, value: Any) -> torch.Tensor:
@@ -80,10 +85,10 @@ def bind(
     unknown = [n for n in tensors if n not in inputs and n not in params]
     if unknown:
         names = ", ".join(list(inputs) + list(params))
-        raise RecError(
-            f"'{rec.name}' has no input or param named '{unknown[0]}'",
-            hint=f"it takes: {names}",
-        )
+        hint = f"it takes: {names}"
+        if unknown[0] in {s.name for s in rec.states}:
+            hint = f"'{unknown[0]}' is a state: pass initial_state={{'{unknown[0]}': ...}}"
+        raise RecError(f"'{rec.name}' has no input or param named '{unknown[0]}'", hint=hint)
     missing = [n for n in [*inputs, *params] if n not in tensors]
     if missing:
         name = missing[0]
@@ -114,6 +119,7 @@ def bind(
         raise RecError(
             f"input '{first.name}' has shape {list(x0.shape)}; expected "
             f"{_layout(first.dims, 'B, T')} or {_layout(first.dims, 'B, T, H')}",
+            hint=_TIME_HINT,
         )
     B, T = x0.shape[0], x0.shape[1]
     H = x0.shape[2] if heads else None
@@ -131,6 +137,7 @@ def bind(
                 f"input '{decl.name}' has shape {list(x.shape)}; "
                 f"expected {_layout(decl.dims, lead)} with {lead} = {list(want)} "
                 f"(from input '{first.name}')",
+                hint=_TIME_HINT,
             )
         if x.device != device:
             raise RecError(
@@ -150,7 +157,11 @@ def bind(
             expect = _layout(decl.dims, "H" if heads else "")
             if heads:
                 expect += f" or {_layout(decl.dims, '')}"
-            raise RecError(f"param '{decl.name}' has shape {list(p.shape)}; expected {expect}")
+            raise RecError(
+                f"param '{decl.name}' has shape {list(p.shape)}; expected {expect}",
+                hint="params are time-invariant: no batch or time axes, "
+                "optionally a leading heads axis when the inputs have one",
+            )
         if p.device != device:
             raise RecError(
                 f"param '{decl.name}' is on {p.device}, but input '{first.name}' is on {device}",
@@ -172,7 +183,8 @@ def bind(
                 raise RecError(
                     f"initial state '{s.name}' has shape {list(x.shape)}; expected "
                     f"{_layout(s.dims, 'B, H' if heads else 'B')} with "
-                    f"{'B, H' if heads else 'B'} = {list(want_lead)}",
+                    f"{'B, H' if heads else 'B'} = {', '.join(map(str, want_lead))}",
+                    hint="a state's initial value has the batch (and heads) axes of the inputs",
                 )
             if x.device != device:
                 raise RecError(

@@ -43,7 +43,8 @@ class DualOps(AbstractOps):
 
     def apply_abstract(self, node: Apply, args: list[Dual]) -> Dual:
         op = node.op
-        primal = make(op, *(a.primal for a in args))
+        like = node.dims
+        primal = make(op, *(a.primal for a in args), like=like)
         t = [a.tangent for a in args]
         if op in ("add", "sub"):
             if t[0] is None:
@@ -51,7 +52,7 @@ class DualOps(AbstractOps):
             elif t[1] is None:
                 tangent = t[0]
             else:
-                tangent = make(op, t[0], t[1])
+                tangent = make(op, t[0], t[1], like=like)
             return Dual(primal, tangent)
         if op == "neg":
             return Dual(primal, make("neg", t[0]))
@@ -60,12 +61,12 @@ class DualOps(AbstractOps):
             if t[0] is not None and t[1] is not None:
                 raise NotCanonical("product of two state-dependent factors")
             if t[0] is not None:
-                return Dual(primal, make("mul", t[0], b.primal))
-            return Dual(primal, make("mul", a.primal, t[1]))
+                return Dual(primal, make("mul", t[0], b.primal, like=like))
+            return Dual(primal, make("mul", a.primal, t[1], like=like))
         if op == "div":
             if t[1] is not None:
                 raise NotCanonical("division by a state-dependent value")
-            return Dual(primal, make("div", t[0], args[1].primal))
+            return Dual(primal, make("div", t[0], args[1].primal, like=like))
         raise NotCanonical(f"'{op}' of the state is not affine")
 
 

@@ -45,15 +45,23 @@ def is_const(expr: Any, value: float | None = None) -> bool:
     return isinstance(expr, Const) and (value is None or expr.value == value)
 
 
-def _broadcast(a: Dims, b: Dims) -> Dims:
-    small, large = (a, b) if len(a) <= len(b) else (b, a)
+def _fits(small: Dims, large: Dims) -> bool:
     try:
-        fits = embed(small, large)
+        return embed(small, large) is not None
     except ValueError:
-        fits = None
-    if fits is None:
-        raise NotCanonical(f"cannot broadcast {a} with {b}")
-    return large
+        return False
+
+
+def _broadcast(a: Dims, b: Dims, like: Dims | None) -> Dims:
+    """The dims of an elementwise result. Folding can shrink operands (a[K] * S
+    with S's tangent 1 is a[K]), so two operands may no longer nest, e.g. [K]
+    and [V]; then the original node's dims `like`, which holds both, are used."""
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    if _fits(small, large):
+        return large
+    if like is not None and _fits(a, like) and _fits(b, like):
+        return like
+    raise NotCanonical(f"cannot broadcast {a} with {b}")
 
 
 _SCALAR_FUNCS = {
@@ -74,8 +82,11 @@ def _is_neg(expr: Expr) -> bool:
     return isinstance(expr, Apply) and expr.op == "neg"
 
 
-def make(op: str, *args: Expr) -> Expr:
-    """An IR node for `op(args)`, folded where the result is obvious."""
+def make(op: str, *args: Expr, like: Dims | None = None) -> Expr:
+    """An IR node for `op(args)`, folded where the result is obvious.
+
+    `like`: the dims of the spec's node this one rebuilds, if any.
+    """
     if op in ("add", "sub", "mul", "div", "max", "min"):
         a, b = args
         if isinstance(a, Const) and isinstance(b, Const):
@@ -134,7 +145,7 @@ def make(op: str, *args: Expr) -> Expr:
                 return b
             if is_const(b, INF) or is_const(a, -INF):
                 return a
-        return Apply(_broadcast(a.dims, b.dims), op, (a, b))
+        return Apply(_broadcast(a.dims, b.dims, like), op, (a, b))
     if op in _SCALAR_FUNCS:
         (x,) = args
         if op == "neg" and isinstance(x, Apply) and x.op == "neg":
@@ -172,7 +183,7 @@ class ExprOps:
         return node
 
     def apply(self, node: Apply, args: list[Any]) -> Expr:
-        return make(node.op, *args)
+        return make(node.op, *args, like=node.dims)
 
 
 def state_dependent_lets(rec: Recurrence, names: set[str]) -> set[str]:
@@ -224,7 +235,7 @@ class AbstractOps:
 
     def apply(self, node: Apply, args: list[Any]) -> Any:
         if all(self.is_free(a) for a in args):
-            return self.free(make(node.op, *(self.expr_of(a) for a in args)))
+            return self.free(make(node.op, *(self.expr_of(a) for a in args), like=node.dims))
         return self.apply_abstract(node, args)
 
     def expr_of(self, value: Any) -> Expr:

@@ -7,41 +7,23 @@ Stage: frontend. Uses the one grammar file `grammar/rec.lark` (installed as
 from __future__ import annotations
 
 import functools
+import re
+from dataclasses import dataclass
 from importlib import resources
 
 import lark
-from lark import Token, Transformer, v_args
+from lark import Transformer, v_args
 
 from recc.errors import RecError, Span
 from recc.frontend import ast
-
-# How lark's terminal names read to a user.
-_TERMINAL_WORDS = {
-    "NAME": "a name",
-    "NUMBER": "a number",
-    "LBRACE": "'{'",
-    "RBRACE": "'}'",
-    "LPAR": "'('",
-    "RPAR": "')'",
-    "LSQB": "'['",
-    "RSQB": "']'",
-    "COMMA": "','",
-    "EQUAL": "'='",
-    "PLUS": "'+'",
-    "MINUS": "'-'",
-    "STAR": "'*'",
-    "SLASH": "'/'",
-    "AT": "'@'",
-    "__ANON_0": "'.T'",
-}
-
-_KEYWORDS = ("dims", "input", "param", "state", "let", "update", "output")
 
 
 @functools.cache
 def _parser() -> lark.Lark:
     text = resources.files("recc.grammar").joinpath("rec.lark").read_text()
-    return lark.Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return lark.Lark(
+        text, parser="lalr", lexer="basic", propagate_positions=True, maybe_placeholders=True
+    )
 
 
 def _span(meta_or_token: object) -> Span | None:
@@ -143,46 +125,470 @@ class _ToAst(Transformer):
         return ast.Call(str(name), args, name_span=_span(name), span=_span(meta))
 
 
-def _describe_token(token: Token) -> str:
-    if token.type == "$END":
+# ---- syntax errors ----------------------------------------------------------
+#
+# lark reports the token it could not use and the terminals it would have
+# accepted. That alone makes poor messages ("unexpected 'output'" when the
+# line above ends in '+'), so the error is explained with a little context:
+# the tokens before it (re-lexed here; the language has no strings, so this is
+# a one-line regex), the statement they belong to, and unclosed brackets.
+
+_STATEMENT_KEYWORDS = ("dims", "input", "param", "state", "let", "update", "output")
+_RESERVED = (*_STATEMENT_KEYWORDS, "recurrence", "inf")
+_KEYWORD_TYPES = {word.upper() for word in _RESERVED}
+_OPERAND_START = {"NAME", "NUMBER", "LPAR", "INF", "MINUS"}
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "AT", "__ANON_0"}
+_PUNCTUATION = {
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "COMMA": "','",
+    "EQUAL": "'='",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "STAR": "'*'",
+    "SLASH": "'/'",
+    "AT": "'@'",
+    "__ANON_0": "'.T'",
+}
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+_PUNCT_TYPE = {")": "RPAR", "]": "RSQB", "}": "RBRACE"}
+_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_POWER_HINT = "there is no power operator; write x * x, or exp(p * log(x)) for x > 0"
+
+_LEX = re.compile(
+    r"[ \t\f\r\n]+|#[^\n]*"
+    r"|(?P<tok>\.T|[A-Za-z_][A-Za-z_0-9]*|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|.)",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class _Tok:
+    """A token of the source as the user sees it (for explaining errors)."""
+
+    text: str
+    pos: int
+    line: int
+    column: int
+
+    @property
+    def span(self) -> Span:
+        return Span(self.line, self.column, self.line, self.column + len(self.text))
+
+    @property
+    def end(self) -> Span:
+        """The position just after the token."""
+        col = self.column + len(self.text)
+        return Span(self.line, col, self.line, col + 1)
+
+    @property
+    def is_operand_end(self) -> bool:
+        return self.text in (")", ".T", "inf") or self.text[0].isalnum() or self.text[0] in "_."
+
+
+def _lex(source: str, stop: int) -> list[_Tok]:
+    """The tokens of `source` that start before offset `stop`."""
+    tokens = []
+    line, line_start = 1, 0
+    for match in _LEX.finditer(source, 0, max(stop, 0)):
+        if match.group("tok") is not None:
+            pos = match.start()
+            tokens.append(_Tok(match.group(), pos, line, pos - line_start + 1))
+        newlines = match.group().count("\n")
+        if newlines:
+            line += newlines
+            line_start = match.start() + match.group().rindex("\n") + 1
+    return tokens
+
+
+def _unclosed(tokens: list[_Tok]) -> list[_Tok]:
+    """Opening brackets among `tokens` that are not closed, innermost last."""
+    stack: list[_Tok] = []
+    for tok in tokens:
+        if tok.text in _CLOSERS:
+            stack.append(tok)
+        elif tok.text in _CLOSERS.values() and stack and _CLOSERS[stack[-1].text] == tok.text:
+            stack.pop()
+    return stack
+
+
+def _statement(tokens: list[_Tok]) -> list[_Tok]:
+    """The tokens of the statement the last token belongs to (from its keyword)."""
+    for i in range(len(tokens) - 1, -1, -1):
+        if tokens[i].text in _STATEMENT_KEYWORDS or tokens[i].text in "{}":
+            return tokens[i:]
+    return []
+
+
+def _words(expected: set[str]) -> str:
+    """What lark expected, in words."""
+    parts = []
+    names = set(expected)
+    if set(t.upper() for t in _STATEMENT_KEYWORDS) <= names:
+        parts.append("a statement (" + ", ".join(_STATEMENT_KEYWORDS) + ")")
+        names -= {t.upper() for t in _STATEMENT_KEYWORDS}
+    if {"NAME", "NUMBER", "LPAR"} <= names:
+        parts.append("a value (a name, a number or '(')")
+        names -= _OPERAND_START
+    if {"PLUS", "STAR", "SLASH", "AT"} <= names:
+        parts.append("an operator")
+        names -= _OPERATORS
+    for name in sorted(names):
+        if name == "$END":
+            parts.append("the end of the file")
+        elif name == "NAME":
+            parts.append("a name")
+        elif name == "NUMBER":
+            parts.append("a number")
+        elif name in _PUNCTUATION:
+            parts.append(_PUNCTUATION[name])
+        else:
+            parts.append(f"'{name.lower()}'")
+    if len(parts) <= 1:
+        return "".join(parts) or "something else"
+    return ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def _describe(tok: _Tok | None) -> str:
+    if tok is None:
         return "the end of the file"
-    return repr(str(token))
+    if tok.text in _RESERVED:
+        return f"keyword '{tok.text}'"
+    return f"'{tok.text}'"
+
+
+def _unexpected_character(source: str, pos: int, line: int, column: int) -> RecError:
+    char = source[pos] if pos < len(source) else "?"
+    span = Span(line, column, line, column + 1)
+    hint = (
+        "names are letters, digits and '_'; operators are + - * / @ and .T; "
+        "comments start with '#'; remove or replace the character"
+    )
+    if char == "^":
+        hint = _POWER_HINT
+    elif char == ";":
+        hint = (
+            "statements need no separator: remove the ';' and start each statement on its own line"
+        )
+    elif char == ".":
+        hint = "transpose is written '.T' (capital T); decimals like 0.5 need a digit after '.'"
+    elif char == "'":
+        hint = "transpose is written '.T', e.g. W.T @ h"
+    elif char in "<>!|&?":
+        hint = "there are no comparisons or conditions; use max(a, b), min(a, b), relu or abs"
+    elif char == "%":
+        hint = "there is no '%' operator; use + - * / @ and the built-in functions"
+    elif char == ":":
+        hint = "shapes are written in brackets after the name, e.g. `input k[D]`"
+    elif char == '"':
+        hint = "there are no strings in a spec; comments start with '#'"
+    elif not char.isascii():
+        hint = "a spec is plain ASCII: names are letters, digits and '_'; retype the character"
+    return RecError(f"unexpected character {char!r}", span, hint)
+
+
+def _unexpected_end(tokens: list[_Tok], expected: set[str]) -> RecError:
+    if not tokens:
+        return RecError(
+            "the spec is empty",
+            Span(1, 1, 1, 2),
+            "start with `recurrence my_rnn {`, then its dims, inputs, states, updates and "
+            "outputs, and close it with '}'",
+        )
+    last = tokens[-1]
+    opened = _unclosed(tokens)
+    if opened and opened[-1].text != "{":
+        tok = opened[-1]
+        return RecError(
+            f"the '{tok.text}' on line {tok.line} is never closed",
+            tok.span,
+            f"add the matching '{_CLOSERS[tok.text]}', then close the recurrence with '}}'",
+        )
+    if expected & {"NAME", "NUMBER"} and "RBRACE" not in expected:
+        return RecError(
+            f"the spec ends in the middle of a statement, after '{last.text}'",
+            last.end,
+            f"finish the statement, then close the recurrence with '}}' ({_words(expected)} "
+            "was expected next)",
+        )
+    if "RBRACE" in expected:
+        header = tokens[:3]
+        name = header[1].text if len(header) > 1 else "?"
+        brace_line = opened[0].line if opened else 1
+        return RecError(
+            f"recurrence '{name}' is never closed",
+            last.end,
+            f"add '}}' at the end to close `recurrence {name} {{` from line {brace_line}",
+        )
+    return RecError("the spec ends too early", last.end, f"{_words(expected)} was expected next")
+
+
+def _unexpected_token(err: lark.exceptions.UnexpectedToken, source: str) -> RecError:
+    expected = {"$END" if name == "<END-OF-FILE>" else name for name in err.expected}
+    token = err.token
+    pos = token.start_pos if token.type != "$END" and token.start_pos is not None else len(source)
+    before = _lex(source, pos)
+    if token.type == "$END":
+        return _unexpected_end(before, expected)
+    line = source.count("\n", 0, pos) + 1
+    here = _Tok(str(token), pos, line, pos - source.rfind("\n", 0, pos))
+    prev = before[-1] if before else None
+    statement = _statement(before)
+    keyword = statement[0].text if statement else ""
+    after = source[pos + len(here.text) :].lstrip(" \t")
+    wants_operand = "NUMBER" in expected
+    opened = _unclosed(before)
+    inner = opened[-1] if opened and opened[-1].text != "{" else None
+    text = here.text
+
+    # -- the header and what surrounds the one recurrence
+    if expected == {"RECURRENCE"}:
+        return RecError(
+            f"unexpected {_describe(here)}: a spec starts with `recurrence NAME {{`",
+            here.span,
+            "put the statements inside `recurrence my_rnn { ... }`",
+        )
+    if expected == {"$END"}:
+        if text == "recurrence":
+            hint = "a file holds exactly one recurrence; put the others in files of their own"
+        else:
+            hint = (
+                "everything goes inside `recurrence NAME { ... }`: "
+                "is there a '}' too many above, or is this line after the closing '}'?"
+            )
+        return RecError(
+            f"unexpected {_describe(here)} after the end of the recurrence", here.span, hint
+        )
+    if keyword == "" and prev is not None and prev.text == "recurrence":
+        return RecError(
+            f"unexpected {_describe(here)}: the recurrence needs a name",
+            here.span,
+            "write `recurrence my_rnn {` (a name of letters, digits and '_')",
+        )
+    if expected == {"LBRACE"}:
+        if token.type == "NAME":
+            joined = f"{prev.text}_{text}" if prev else "my_rnn"
+            hint = f"a recurrence's name is one word: join the words with '_', e.g. `{joined}`"
+            return RecError(
+                f"unexpected {_describe(here)} in the recurrence's name", here.span, hint
+            )
+        return RecError(
+            f"expected '{{' after the recurrence's name, found {_describe(here)}",
+            here.span,
+            "write `recurrence my_rnn {`, the statements, then '}'",
+        )
+
+    # -- `//` comments
+    if text == "/" and after.startswith("/"):
+        return RecError(
+            "comments start with '#', not '//'",
+            Span(here.line, here.column, here.line, here.column + 2),
+            "replace the '//' with '#'",
+        )
+
+    # -- a keyword where a name is needed: `let input = ...`
+    if token.type in _KEYWORD_TYPES and "NAME" in expected and "NUMBER" not in expected:
+        return RecError(
+            f"'{text}' is a keyword, not a name",
+            here.span,
+            f"rename it (e.g. '{text}_'); reserved words are: " + ", ".join(_RESERVED),
+        )
+
+    # -- inside a state's initial value: `state h[D] = 0`
+    if keyword == "state" and prev is not None and prev.text in ("=", "-") and wants_operand:
+        return RecError(
+            f"unexpected {_describe(here)}: a state's initial value is a number, inf or -inf",
+            here.span,
+            "write e.g. `state h[D] = 0`; to start from a tensor, pass initial_state=... "
+            "when calling",
+        )
+    if keyword == "state" and "EQUAL" in expected and text not in ("=", "[", ","):
+        name_tok = statement[1] if len(statement) > 1 else here
+        return RecError(
+            f"state '{name_tok.text}' has no initial value",
+            Span(name_tok.line, name_tok.column, prev.line, prev.column + len(prev.text))
+            if prev is not None and prev.line == name_tok.line
+            else name_tok.span,
+            "add one: `state "
+            + "".join(t.text + (" " if t.text == "," else "") for t in statement[1:])
+            + " = 0` (a number, inf or -inf)",
+        )
+    if keyword == "state" and prev is not None and "=" in [t.text for t in statement]:
+        if token.type in _OPERATORS or token.type == "LPAR":
+            return RecError(
+                f"unexpected {_describe(here)}: a state's initial value is one constant",
+                here.span,
+                "write a number, inf or -inf; to start from another value, pass "
+                "initial_state=... when calling",
+            )
+
+    # -- `let z` / `update h` / `output y` without its '='
+    if keyword in ("let", "update", "output") and text == "[" and len(statement) == 2:
+        name = statement[1].text
+        shape = "the state's shape" if keyword == "update" else "the shape of its expression"
+        return RecError(
+            f"`{keyword} {name}` takes no shape",
+            here.span,
+            f"it has {shape}: remove the '[...]' and write `{keyword} {name} = <expression>`",
+        )
+    if keyword in ("let", "update") and expected == {"EQUAL"}:
+        name = statement[1].text if len(statement) > 1 else "x"
+        return RecError(
+            f"expected '=' after `{keyword} {name}`, found {_describe(here)}",
+            here.span,
+            f"write `{keyword} {name} = <expression>`",
+        )
+    if (
+        keyword in _STATEMENT_KEYWORDS
+        and expected == {"NAME"}
+        and prev is not None
+        and prev.text == keyword
+    ):
+        return RecError(
+            f"expected a name after '{keyword}', found {_describe(here)}",
+            here.span,
+            {
+                "dims": "write `dims D, N`",
+                "input": "write `input x[D]`",
+                "param": "write `param W[D, D]`",
+                "state": "write `state h[D] = 0`",
+                "let": "write `let z = <expression>`",
+                "update": "write `update h = <expression>` for a declared state h",
+                "output": "write `output h` or `output y = <expression>`",
+            }[keyword],
+        )
+
+    if expected == {"NAME"} and prev is not None:
+        if inner is not None and inner.text == "[":
+            hint = "a shape lists dims from the `dims` line, separated by ',': `k[D, N]`"
+        elif prev.text == ",":
+            hint = "write another name after ',', or remove the trailing ','"
+        else:
+            hint = "write a name here (letters, digits and '_')"
+        return RecError(
+            f"expected a name after '{prev.text}', found {_describe(here)}", here.span, hint
+        )
+
+    # -- an operand is missing: `a + * b`, `a +` at the end of a line, `f(a,)`
+    if wants_operand and prev is not None:
+        if text == "*" and prev.text == "*" and prev.pos + 1 == pos:
+            return RecError(
+                "there is no '**' operator",
+                Span(prev.line, prev.column, here.line, here.column + 1),
+                _POWER_HINT,
+            )
+        if text == "=" and prev.text == "=":
+            return RecError(
+                "unexpected '=='",
+                Span(prev.line, prev.column, here.line, here.column + 1),
+                "a definition uses one '='; there are no comparisons (use max, min or relu)",
+            )
+        if text == ")" and prev.text == ",":
+            return RecError(
+                "missing an argument after ','",
+                prev.span,
+                "remove the trailing ',' or add the argument",
+            )
+        if text == ")" and prev.text == "(":
+            return RecError(
+                "empty parentheses",
+                Span(prev.line, prev.column, here.line, here.column + 1),
+                "put an expression inside the '( )', or remove them",
+            )
+        if token.type in _KEYWORD_TYPES or text == "}" or here.line > prev.line:
+            opened = _unclosed(before)
+            hint = f"finish the expression, or remove the trailing '{prev.text}'"
+            if prev.text == "=":
+                name = statement[1].text if len(statement) > 1 else "z"
+                hint = f"write the value after '=', e.g. `{keyword or 'let'} {name} = 0`"
+            return RecError(
+                f"missing a value after '{prev.text}'",
+                prev.span,
+                hint
+                if not opened or opened[-1].text == "{"
+                else hint + f"; the '{opened[-1].text}' on line {opened[-1].line} is still open",
+            )
+        return RecError(
+            f"missing a value between '{prev.text}' and '{text}'",
+            here.span,
+            f"write an operand before '{text}', or remove one of the two",
+        )
+
+    # -- a closing bracket with no opening one
+    if text in (")", "]") and not (inner and _CLOSERS[inner.text] == text):
+        return RecError(
+            f"unmatched '{text}'",
+            here.span,
+            f"remove it, or add the matching '{'(' if text == ')' else '['}' before it"
+            if inner is None
+            else f"the '{inner.text}' on line {inner.line} col {inner.column} "
+            f"needs '{_CLOSERS[inner.text]}' first",
+        )
+
+    # -- two things in a row on one line: `0.9 h`, `dims D N`, `input k(D)`
+    operand = token.type in ("NAME", "NUMBER", "LPAR", "INF")
+    same_line = prev is not None and prev.line == here.line
+    if operand and prev is not None and same_line and prev.is_operand_end and "PLUS" in expected:
+        return RecError(
+            f"missing an operator between '{prev.text}' and '{text}'",
+            here.span,
+            f"there is no implicit multiplication: write `{prev.text} * {text}`",
+        )
+    if prev is not None and same_line and keyword in ("dims", "input", "param", "state"):
+        if token.type == "NAME" and keyword != "state" and prev.text[-1] in "]_" + _ALNUM:
+            return RecError(
+                f"missing ',' between '{prev.text}' and '{text}'",
+                here.span,
+                f"separate the names with ',': `{keyword} {prev.text}, {text}`"
+                if prev.text != "]"
+                else "separate the declarations with ','",
+            )
+        if text == "(" and inner is None and prev.text[-1] in "_" + _ALNUM:
+            return RecError(
+                "shapes are written in square brackets",
+                here.span,
+                f"write `{prev.text}[D]` (dims from the `dims` line, separated by ',')",
+            )
+
+    # -- an unclosed bracket before something that cannot be inside it
+    if inner is not None and _PUNCT_TYPE[_CLOSERS[inner.text]] in expected:
+        close = _CLOSERS[inner.text]
+        what = "shape" if inner.text == "[" else "parenthesis"
+        where = f" on line {here.line}" if here.line != inner.line else ""
+        return RecError(
+            f"the '{inner.text}' on line {inner.line} is never closed",
+            inner.span,
+            f"close the {what} with '{close}' before {_describe(here)}{where}",
+        )
+
+    # -- a statement that does not start with a keyword
+    if operand and prev is not None and ("PLUS" not in expected or not same_line):
+        if token.type == "NAME" and after.startswith("=") and not after.startswith("=="):
+            hint = f"did you mean `update {text} = ...` or `let {text} = ...`?"
+        else:
+            hint = (
+                "start it with a keyword (" + ", ".join(_STATEMENT_KEYWORDS) + "), "
+                "or join it to the line above with an operator"
+            )
+        return RecError(
+            f"unexpected {_describe(here)} at the start of a statement", here.span, hint
+        )
+    return RecError(f"unexpected {_describe(here)}", here.span, f"expected {_words(expected)}")
 
 
 def _syntax_error(err: lark.exceptions.UnexpectedInput, source: str) -> RecError:
-    line, column = max(err.line, 1), max(err.column, 1)
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
-        char = source[err.pos_in_stream] if err.pos_in_stream < len(source) else "?"
-        span = Span(line, column, line, column + 1)
-        hint = "names are letters, digits and '_'; operators are + - * / @ and .T"
-        if char == "*" or char == "^":
-            hint = "there is no power operator; write x * x, or exp(p * log(x))"
-        return RecError(f"unexpected character {char!r}", span, hint)
-    if isinstance(err, lark.exceptions.UnexpectedEOF):
-        last = source.rstrip().splitlines() or [""]
-        n = len(last)
-        span = Span(n, max(len(last[-1]), 1), n, max(len(last[-1]), 1) + 1)
-        return RecError(
-            "the spec ended too early", span, "is a closing '}' or ')' missing?"
+        return _unexpected_character(
+            source, err.pos_in_stream, max(err.line, 1), max(err.column, 1)
         )
-    assert isinstance(err, lark.exceptions.UnexpectedToken)
-    token = err.token
-    expected = sorted({_TERMINAL_WORDS.get(t, t.lower().strip("_")) for t in err.expected})
-    if token.type == "$END":
-        lines = source.rstrip().splitlines() or [""]
-        span = Span(len(lines), max(len(lines[-1]), 1), len(lines), max(len(lines[-1]), 1) + 1)
-    else:
-        span = Span(line, column, token.end_line or line, token.end_column or column + 1)
-    message = f"unexpected {_describe_token(token)}"
-    hint = "expected " + (", ".join(expected) if len(expected) <= 6 else "a statement or expression")
-    text = str(token)
-    if text in _KEYWORDS and token.type != "NAME":
-        hint = f"'{text}' is a keyword and starts a new statement; {hint}"
-    if token.type == "RECURRENCE" or (text == "recurrence" and err.state is not None):
-        hint = "a file holds exactly one `recurrence NAME { ... }`"
-    if "'{'" in expected and token.type == "NAME":
-        hint = "a recurrence's name is one word: `recurrence my_rnn { ... }`"
-    return RecError(message, span, hint)
+    if isinstance(err, lark.exceptions.UnexpectedToken):
+        return _unexpected_token(err, source)
+    tokens = _lex(source, len(source))  # UnexpectedEOF (not raised by LALR parsers)
+    return _unexpected_end(tokens, set(getattr(err, "expected", ()) or ()))
 
 
 def parse(source: str, filename: str = "<spec>") -> ast.RecurrenceDef:
@@ -191,4 +597,20 @@ def parse(source: str, filename: str = "<spec>") -> ast.RecurrenceDef:
         tree = _parser().parse(source)
     except lark.exceptions.UnexpectedInput as err:
         raise _syntax_error(err, source).with_source(source, filename) from None
-    return _ToAst().transform(tree)
+    try:
+        return _ToAst().transform(tree)
+    except RecursionError:
+        raise too_deep(filename) from None
+    except lark.exceptions.VisitError as err:
+        if isinstance(err.orig_exc, RecursionError):
+            raise too_deep(filename) from None
+        raise
+
+
+def too_deep(filename: str) -> RecError:
+    """An expression nested deeper than Python's recursion allows (thousands of terms)."""
+    return RecError(
+        "an expression is nested too deeply to compile",
+        hint="split it into several `let` lines",
+        filename=filename,
+    )
