@@ -32,6 +32,9 @@ class CompiledRecurrence:
     Inputs are `[B, T, *dims]` or `[B, T, H, *dims]`; params their declared
     shape (or `[H, *shape]`); states `[B, (H), *dims]`. Several outputs come
     back as a tuple in declaration order, several states likewise.
+
+    NaN in any tensor is a RecError unless `check_nan=False` (then it
+    propagates like in any torch op); inf is allowed (MinMax starts at -inf).
     """
 
     def __init__(self, spec: Recurrence, backend: str) -> None:
@@ -53,12 +56,13 @@ class CompiledRecurrence:
         *args: Any,
         initial_state: Any = None,
         output_final_state: bool = False,
+        check_nan: bool = True,
         **tensors: Any,
     ) -> Any:
         if args:
             example = ", ".join(f"{i.name}=..." for i in self.spec.inputs)
             raise RecError(f"pass tensors by name, e.g. fn({example})")
-        bound = bind(self.spec, tensors, initial_state)
+        bound = bind(self.spec, tensors, initial_state, check_nan)
         if self.backend == TORCH:
             outputs, finals = run_scan(self.spec, self.analysis, bound)
         else:

@@ -26,9 +26,13 @@ class TorchOps:
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         self.dtype = dtype
         self.device = device
+        self._consts: dict[float, torch.Tensor] = {}
 
     def const(self, node: Const) -> torch.Tensor:
-        return torch.tensor(node.value, dtype=self.dtype, device=self.device)
+        # Made once per value: a time loop asks for the same constants every step.
+        if node.value not in self._consts:
+            self._consts[node.value] = torch.tensor(node.value, dtype=self.dtype, device=self.device)
+        return self._consts[node.value]
 
     def apply(self, node: Apply, args: list[Any]) -> torch.Tensor:
         op = node.op

@@ -54,7 +54,7 @@ def _layout(dims: tuple[str, ...], lead: str) -> str:
 _TIME_HINT = "inputs are batch-first, time second: [batch, time, (heads,) *dims]"
 
 
-def _check_tensor(kind: str, name: str, value: Any) -> torch.Tensor:
+def _check_tensor(kind: str, name: str, value: Any, check_nan: bool = True) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise RecError(
             f"{kind} '{name}' must be a torch.Tensor, got {type(value).__name__}",
@@ -66,7 +66,7 @@ def _check_tensor(kind: str, name: str, value: Any) -> torch.Tensor:
             "float32 or float64",
             hint=f"cast it, e.g. {name}.float()",
         )
-    if torch.isnan(value).any():
+    if check_nan and _has_nan(value):
         raise RecError(
             f"{kind} '{name}' contains NaN",
             hint="recc rejects NaN in inputs, params and initial states (inf is allowed)",
@@ -74,12 +74,26 @@ def _check_tensor(kind: str, name: str, value: Any) -> torch.Tensor:
     return value
 
 
+def _has_nan(value: torch.Tensor) -> bool:
+    """NaN anywhere? One reduction; the exact test runs only if the sum is NaN
+    (which inf - inf also gives)."""
+    if value.numel() == 0 or not torch.isnan(value.sum()):
+        return False
+    return bool(torch.isnan(value).any())
+
+
 def bind(
     rec: Recurrence,
     tensors: dict[str, Any],
     initial_state: Any = None,
+    check_nan: bool = True,
 ) -> Bound:
-    """Check a call's arguments against the spec and bind dim sizes."""
+    """Check a call's arguments against the spec and bind dim sizes.
+
+    `check_nan`: reject NaN in inputs, params and initial states (one
+    reduction per tensor; on a GPU it waits for the data). With False, NaN
+    propagates like any torch op: to the outputs at and after its step.
+    """
     inputs = {i.name: i for i in rec.inputs}
     params = {p.name: p for p in rec.params}
     unknown = [n for n in tensors if n not in inputs and n not in params]
@@ -113,7 +127,7 @@ def bind(
             origin.setdefault(dim, f"{kind} '{name}'")
 
     first = next(iter(inputs.values()))
-    x0 = _check_tensor("input", first.name, tensors[first.name])
+    x0 = _check_tensor("input", first.name, tensors[first.name], check_nan)
     heads = x0.dim() == len(first.dims) + 3
     if x0.dim() not in (len(first.dims) + 2, len(first.dims) + 3):
         raise RecError(
@@ -130,7 +144,7 @@ def bind(
 
     bound_inputs = {}
     for decl in inputs.values():
-        x = _check_tensor("input", decl.name, tensors[decl.name])
+        x = _check_tensor("input", decl.name, tensors[decl.name], check_nan)
         want = (B, T, *((H,) if heads else ()))
         if x.dim() != len(decl.dims) + n_lead or tuple(x.shape[:n_lead]) != want:
             raise RecError(
@@ -150,7 +164,7 @@ def bind(
 
     bound_params = {}
     for decl in params.values():
-        p = _check_tensor("param", decl.name, tensors[decl.name])
+        p = _check_tensor("param", decl.name, tensors[decl.name], check_nan)
         n_head = p.dim() - len(decl.dims)
         ok = n_head == 0 or (heads and n_head == 1 and p.shape[0] == H)
         if not ok:
@@ -174,7 +188,7 @@ def bind(
     states = _initial_states(rec, initial_state)
     for s in rec.states:
         if s.name in states:
-            x = _check_tensor("initial state", s.name, states[s.name])
+            x = _check_tensor("initial state", s.name, states[s.name], check_nan)
             want_lead = (B, *((H,) if heads else ()))
             if (
                 x.dim() != len(s.dims) + len(want_lead)

@@ -167,3 +167,13 @@ def test_inf_is_allowed_and_propagates_as_documented():
     v = torch.tensor([[[1.0, float("inf")]] * 3])
     y = fn(k=k, v=v)
     assert torch.isinf(y[..., 1]).all() and torch.isfinite(y[..., 0]).all()
+
+
+def test_nan_propagates_when_the_check_is_off():
+    fn = recc.compile(MINGRU)
+    k = torch.zeros(1, 4, 2)
+    v = torch.ones(1, 4, 2)
+    v[0, 2, 0] = float("nan")
+    y = fn(k=k, v=v, check_nan=False)
+    assert torch.isnan(y[0, 2:, 0]).all() and not torch.isnan(y[0, :2]).any()
+    assert not torch.isnan(y[0, :, 1]).any()

@@ -1,0 +1,232 @@
+"""Scan lowering on this CPU: recc's torch backend against what a user would write.
+
+Run:  python benchmarks/scan.py [--quick] [--no-compile]
+
+Side by side in one run, fp32, B=4, T=4096, D=256, minGRU
+(h = (1 - z) * h + z * v, z = sigmoid(k)); every contender computes the gates
+from the same raw inputs k, v and returns every h_t:
+  python loop        gates up front, then `for t: h = a[:, t]*h + b[:, t]; out[:, t] = h`
+  torch assoc. scan  torch._higher_order_ops.associative_scan(combine_mode="generic")
+                     under torch.compile (compile time excluded)
+  jax assoc. scan    jax.lax.associative_scan, jitted (if jax is installed)
+  recc torch         recc.compile(spec, backend="torch")
+Forward, and forward+backward (loss = sum(out * w)) where the contender has
+autograd. Ratios are "contender time / recc time" (> 1: recc is faster).
+The floor is the bytes that must move (k and v read once, out written once)
+over this machine's measured copy bandwidth.
+
+Then Mamba S6 (N = 16): peak resident memory of the forward pass, measured in
+a fresh subprocess, against the size of the [B, T, D, N] state history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import recc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """Bytes per second of a large out-of-cache copy (read + write counted)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    seconds = best_of(lambda: dst.copy_(src), 10)
+    return 2 * nbytes / seconds
+
+
+def python_loop(k, v, w=None):
+    z = torch.sigmoid(k)
+    a, b = 1 - z, z * v
+    h = torch.zeros(k.shape[0], k.shape[2], dtype=k.dtype)
+    outs = []
+    for t in range(k.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        outs.append(h)
+    out = torch.stack(outs, 1)
+    if w is not None:
+        (out * w).sum().backward()
+    return out
+
+
+def make_torch_assoc_scan():
+    from torch._higher_order_ops.associative_scan import associative_scan
+
+    def combine(x, y):
+        return (x[0] * y[0], y[0] * x[1] + y[1])
+
+    @torch.compile
+    def scan(k, v):
+        z = torch.sigmoid(k)
+        return associative_scan(combine, (1 - z, z * v), dim=1, combine_mode="generic")[1]
+
+    return scan
+
+
+def make_jax_scan():
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+
+    def combine(x, y):
+        return (x[0] * y[0], y[0] * x[1] + y[1])
+
+    @jax.jit
+    def scan(k, v):
+        z = jax.nn.sigmoid(k)
+        return jax.lax.associative_scan(combine, (1 - z, z * v), axis=1)[1]
+
+    def run(k, v):
+        return scan(k, v).block_until_ready()
+
+    return run, jnp
+
+
+def mingru_table(B: int, T: int, D: int, repeats: int, compile_peers: bool) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(B, T, D, generator=g)
+    v = torch.randn(B, T, D, generator=g)
+    w = torch.randn(B, T, D, generator=g)
+    fn = recc.compile(ROOT / "specs" / "mingru.rec", backend="torch")
+    reference = python_loop(k, v)
+    torch.testing.assert_close(fn(k=k, v=v), reference, rtol=1e-4, atol=1e-4)
+
+    rows = []
+    t_recc = best_of(lambda: fn(k=k, v=v), repeats)
+    rows.append({"contender": "recc torch", "pass": "forward", "seconds": t_recc})
+    t = best_of(lambda: python_loop(k, v), repeats)
+    rows.append({"contender": "python loop", "pass": "forward", "seconds": t})
+    if compile_peers:
+        scan = make_torch_assoc_scan()
+        torch.testing.assert_close(scan(k, v), reference, rtol=1e-4, atol=1e-4)
+        t = best_of(lambda: scan(k, v), repeats)
+        rows.append({"contender": "torch assoc. scan (compiled)", "pass": "forward", "seconds": t})
+    jax_scan = make_jax_scan()
+    if jax_scan is not None:
+        run, jnp = jax_scan
+        kj, vj = jnp.asarray(k.numpy()), jnp.asarray(v.numpy())
+        t = best_of(lambda: run(kj, vj), repeats)
+        rows.append({"contender": "jax assoc. scan (jit)", "pass": "forward", "seconds": t})
+    else:
+        rows.append({"contender": "jax assoc. scan (jit)", "pass": "forward", "seconds": None})
+
+    kg, vg = k.clone().requires_grad_(), v.clone().requires_grad_()
+
+    def recc_fwd_bwd():
+        kg.grad = vg.grad = None
+        (fn(k=kg, v=vg) * w).sum().backward()
+
+    def loop_fwd_bwd():
+        kg.grad = vg.grad = None
+        python_loop(kg, vg, w)
+
+    t_recc_fb = best_of(recc_fwd_bwd, repeats)
+    rows.append({"contender": "recc torch", "pass": "fwd+bwd", "seconds": t_recc_fb})
+    rows.append(
+        {"contender": "python loop", "pass": "fwd+bwd", "seconds": best_of(loop_fwd_bwd, repeats)}
+    )
+    for row in rows:
+        base = t_recc if row["pass"] == "forward" else t_recc_fb
+        row["ratio"] = None if row["seconds"] is None else row["seconds"] / base
+    floor = 3 * B * T * D * 4 / copy_bandwidth(64 * 2**20)
+    rows.append(
+        {"contender": "memory floor", "pass": "forward", "seconds": floor, "ratio": floor / t_recc}
+    )
+    return rows
+
+
+MEMORY_PROBE = """
+import json, sys, threading, time, torch, recc
+B, T, D, N = map(int, sys.argv[1:5])
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+g = torch.Generator().manual_seed(0)
+fn = recc.compile("specs/mamba_s6.rec", backend=sys.argv[5])
+sizes = dict(D=D, N=N)
+args = {i.name: torch.randn(B, T, *[sizes[d] for d in i.dims], generator=g) for i in fn.spec.inputs}
+args.update({p.name: -torch.rand(*[sizes[d] for d in p.dims], generator=g) for p in fn.spec.params})
+small = {k: (v[:, :8] if k in {i.name for i in fn.spec.inputs} else v) for k, v in args.items()}
+with torch.no_grad():
+    fn(**small)  # loads torch's kernels and threads: not the scan's memory
+peak, done = [0], [False]
+
+def sample() -> None:
+    while not done[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.0005)
+
+base = rss()
+thread = threading.Thread(target=sample)
+thread.start()
+with torch.no_grad():
+    y = fn(**args)
+done[0] = True
+thread.join()
+print(json.dumps({"peak_increase_bytes": max(peak[0], rss()) - base}))
+"""
+
+
+def mamba_memory(B: int, T: int, D: int, N: int) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(B), str(T), str(D), str(N), "torch"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    peak = json.loads(result.stdout)["peak_increase_bytes"]
+    return {
+        "shape": f"B={B} T={T} D={D} N={N}",
+        "peak_increase_MB": peak / 2**20,
+        "state_history_MB": B * T * D * N * 4 / 2**20,
+        "outputs_MB": B * T * D * 4 / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="T=1024 and fewer repeats")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile peer")
+    args = parser.parse_args()
+    B, T, D = 4, (1024 if args.quick else 4096), 256
+    repeats = 3 if args.quick else 7
+    print(f"minGRU forward/backward, fp32, B={B} T={T} D={D}, {torch.get_num_threads()} threads")
+    rows = mingru_table(B, T, D, repeats, not args.no_compile)
+    print(f"{'contender':32} {'pass':8} {'ms':>9} {'x recc':>8}")
+    for row in rows:
+        ms = "n/a" if row["seconds"] is None else f"{row['seconds'] * 1e3:9.2f}"
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:8.2f}"
+        note = "  (not installed)" if row["seconds"] is None else ""
+        print(f"{row['contender']:32} {row['pass']:8} {ms:>9} {ratio}{note}")
+    mem = mamba_memory(B=4, T=T, D=256, N=16)
+    print(f"\nMamba S6 forward memory ({mem['shape']}, torch backend, fresh process):")
+    print(f"  peak RSS increase        {mem['peak_increase_MB']:8.1f} MB")
+    print(f"  the output y [B, T, D]   {mem['outputs_MB']:8.1f} MB")
+    print(f"  [B, T, D, N] states      {mem['state_history_MB']:8.1f} MB (never materialised)")
+
+
+if __name__ == "__main__":
+    main()
