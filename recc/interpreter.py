@@ -30,9 +30,11 @@ class TorchOps:
 
     def const(self, node: Const) -> torch.Tensor:
         # Made once per value: a time loop asks for the same constants every step.
-        if node.value not in self._consts:
-            self._consts[node.value] = torch.tensor(node.value, dtype=self.dtype, device=self.device)
-        return self._consts[node.value]
+        value = self._consts.get(node.value)
+        if value is None:
+            value = torch.tensor(node.value, dtype=self.dtype, device=self.device)
+            self._consts[node.value] = value
+        return value
 
     def apply(self, node: Apply, args: list[Any]) -> torch.Tensor:
         op = node.op
