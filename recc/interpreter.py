@@ -66,13 +66,26 @@ class TorchOps:
         raise AssertionError(f"unknown op {op}")  # pragma: no cover
 
 
+def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """max with recc's tie rule: on a tie the gradient goes to the FIRST argument.
+
+    (torch.maximum splits it half and half.) NaN propagates from either side.
+    """
+    return torch.where((a >= b) | torch.isnan(a), a, b)
+
+
+def minimum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """min with recc's tie rule: on a tie the gradient goes to the FIRST argument."""
+    return torch.where((a <= b) | torch.isnan(a), a, b)
+
+
 _BINARY = {
     "add": torch.add,
     "sub": torch.sub,
     "mul": torch.mul,
     "div": torch.div,
-    "max": torch.maximum,
-    "min": torch.minimum,
+    "max": maximum,
+    "min": minimum,
 }
 _UNARY = {
     "neg": torch.neg,

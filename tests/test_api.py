@@ -177,3 +177,23 @@ def test_nan_propagates_when_the_check_is_off():
     y = fn(k=k, v=v, check_nan=False)
     assert torch.isnan(y[0, 2:, 0]).all() and not torch.isnan(y[0, :2]).any()
     assert not torch.isnan(y[0, :, 1]).any()
+
+
+def test_max_and_min_route_ties_to_the_first_argument():
+    fn = recc.compile(
+        "recurrence m { dims D\n input a[D], b[D]\n state h[D] = 0\n"
+        " update h = max(min(h, a), b)\n output h }"
+    )
+    for backend in ("interpreter", "torch"):
+        g = recc.compile(fn.spec.source, backend=backend)
+        a = torch.tensor([[[1.0], [1.0]]], requires_grad=True)  # ties: h == a at t = 1
+        b = torch.tensor([[[1.0], [0.0]]], requires_grad=True)  # ties: min(h, a) == b at t = 0
+        h0 = torch.tensor([[2.0]], requires_grad=True)
+        y = g(a=a, b=b, initial_state=h0)
+        y.sum().backward()
+        # t=0: min(2, 1) = 1 (a), max(1, b=1) tie -> first (the min) -> a[0]
+        # t=1: min(h=1, a=1) tie -> first (h) -> ... -> a[0]; max(1, 0) -> the min
+        assert y.flatten().tolist() == [1.0, 1.0]
+        assert a.grad.flatten().tolist() == [2.0, 0.0], backend
+        assert b.grad.flatten().tolist() == [0.0, 0.0], backend
+        assert h0.grad.flatten().tolist() == [0.0], backend

@@ -26,7 +26,7 @@ import torch
 
 from recc.analysis.forms import Analysis, DiagonalForm, MinMaxForm
 from recc.analysis.rewrite import state_dependent_lets
-from recc.interpreter import TorchOps
+from recc.interpreter import TorchOps, maximum, minimum
 from recc.ir.evaluate import align, evaluate
 from recc.ir.nodes import Expr, Recurrence
 from recc.signature import Bound
@@ -125,10 +125,10 @@ class _Scan:
         for s, (a, b) in zip(self.rec.states, maps):
             x = states[s.name]
             if self.form.semiring == "max-min":
-                y = x if a is None else torch.minimum(x, a)
+                y = x if a is None else minimum(x, a)
             else:
                 y = x if a is None else x + a
-            new[s.name] = y if b is None else torch.maximum(y, b)
+            new[s.name] = y if b is None else maximum(y, b)
         return new
 
     def compose(self, first, then):
@@ -150,11 +150,11 @@ class _Scan:
         out = []
         for (a1, b1), (a2, b2) in zip(first, then):
             if self.form.semiring == "max-min":
-                a = _opt(torch.minimum, a1, a2)
-                b = _opt(torch.maximum, None if b1 is None else _opt(torch.minimum, a2, b1), b2)
+                a = _opt(minimum, a1, a2)
+                b = _opt(maximum, None if b1 is None else _opt(minimum, a2, b1), b2)
             else:
                 a = _opt(torch.add, a1, a2)
-                b = _opt(torch.maximum, None if b1 is None else _opt(torch.add, b1, a2), b2)
+                b = _opt(maximum, None if b1 is None else _opt(torch.add, b1, a2), b2)
             out.append((a, b))
         return out
 
