@@ -6,8 +6,11 @@ tensors (`recc.signature`) and runs the chosen executor.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from recc import interpreter
 from recc.analysis import Analysis, analyze
@@ -15,9 +18,9 @@ from recc.backends.torch import run_scan
 from recc.errors import RecError
 from recc.ir import Recurrence, load
 from recc.lowering import LoweringPlan, plan
-from recc.lowering.plan import ALL_BACKENDS, TORCH
+from recc.lowering.plan import ALL_BACKENDS, INTERPRETER, TORCH, TRITON
 from recc.report import explain
-from recc.signature import bind
+from recc.signature import bind, initial_states
 
 BACKENDS = ("auto", *ALL_BACKENDS)
 
@@ -41,15 +44,35 @@ class CompiledRecurrence:
         self.spec = spec
         self.analysis: Analysis = analyze(spec)
         self.plan: LoweringPlan = plan(spec, self.analysis)
-        if backend == "auto":
-            backend = self.plan.backends[0]
-        elif backend not in self.plan.backends:
+        if backend != "auto" and backend not in self.plan.backends:
             raise RecError(
                 f"backend '{backend}' has no lowering for '{spec.name}' "
                 f"({self.analysis.kind} class) yet",
                 hint=f"use backend='auto' or one of: {', '.join(self.plan.backends)}",
             )
         self.backend = backend
+        self._triton: Any = None  # the generated kernel, built on first use
+        self.triton_unsupported: str | None = None
+
+    def backend_for(self, device: torch.device) -> str:
+        """The executor a call on `device` runs on."""
+        if self.backend != "auto":
+            return self.backend
+        if TRITON in self.plan.backends and device.type == "cuda" and self.triton_kernel():
+            return TRITON
+        return next(b for b in self.plan.backends if b != TRITON)
+
+    def triton_kernel(self) -> Any:
+        """The generated Triton scan kernel, or None (see `triton_unsupported`)."""
+        if self._triton is None and self.triton_unsupported is None:
+            from recc.backends.triton.launch import ScanKernel
+            from recc.backends.triton.scan_codegen import Unsupported
+
+            try:
+                self._triton = ScanKernel(self.spec, self.analysis)
+            except Unsupported as err:
+                self.triton_unsupported = str(err)
+        return self._triton
 
     def __call__(
         self,
@@ -63,9 +86,13 @@ class CompiledRecurrence:
             example = ", ".join(f"{i.name}=..." for i in self.spec.inputs)
             raise RecError(f"pass tensors by name, e.g. fn({example})")
         bound = bind(self.spec, tensors, initial_state, check_nan)
-        if self.backend == TORCH:
+        backend = self.backend_for(bound.device)
+        if backend == TRITON:
+            outputs, finals = self._run_triton(bound, tensors, initial_state)
+        elif backend == TORCH:
             outputs, finals = run_scan(self.spec, self.analysis, bound)
         else:
+            assert backend == INTERPRETER
             outputs, finals = interpreter.run(self.spec, bound)
         out = tuple(outputs[o.name] for o in self.spec.outputs)
         result: Any = out[0] if len(out) == 1 else out
@@ -74,6 +101,25 @@ class CompiledRecurrence:
         states = tuple(finals[s.name] for s in self.spec.states)
         return result, (states[0] if len(states) == 1 else states)
 
+    def _run_triton(self, bound, tensors, initial_state):
+        if not _triton_can_run(bound.device):
+            raise RecError(
+                f"backend 'triton' needs CUDA tensors; these are on {bound.device}",
+                hint="move the tensors to a GPU, use backend='torch', or set "
+                "TRITON_INTERPRET=1 (before importing triton) for Triton's CPU interpreter",
+            )
+        kernel = self.triton_kernel()
+        if kernel is None:
+            raise RecError(
+                f"'{self.spec.name}' has no Triton kernel: {self.triton_unsupported}",
+                hint="use backend='torch' (or 'auto', which falls back to it)",
+            )
+        from recc.backends.triton.function import triton_scan
+
+        return triton_scan(
+            self.spec, self.analysis, kernel, tensors, initial_states(self.spec, initial_state)
+        )
+
     def explain(self) -> str:
         return explain(self.spec, self.analysis, self.plan)
 
@@ -81,12 +127,19 @@ class CompiledRecurrence:
         return f"<recc {self.spec.name}: {self.analysis.kind}, backend={self.backend}>"
 
 
+def _triton_can_run(device: torch.device) -> bool:
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return device.type == "cuda" or (interpreted and device.type == "cpu")
+
+
 def compile(path_or_source: str | Path, backend: str = "auto") -> CompiledRecurrence:  # noqa: A001
     """Compile a `.rec` file (path) or spec text.
 
-    `backend`: "auto" (the fastest implemented executor for the spec's class:
-    "torch" for diagonal and MinMax specs, else "interpreter"), "torch" (the
-    chunked-scan lowering, any device) or "interpreter" (the reference).
+    `backend`: "auto" (per call, the fastest executor for the spec's class and
+    the tensors' device: "triton" on CUDA for diagonal and MinMax specs,
+    "torch" elsewhere, "interpreter" for the classes without a lowering yet),
+    "triton" (generated kernels; CUDA, or CPU under TRITON_INTERPRET=1),
+    "torch" (the chunked scan, any device) or "interpreter" (the reference).
     """
     if backend not in BACKENDS:
         raise RecError(f"unknown backend '{backend}'", hint=f"choose one of: {', '.join(BACKENDS)}")

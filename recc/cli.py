@@ -78,10 +78,12 @@ def explain(paths: tuple[str, ...]) -> None:
 def check_command(paths: tuple[str, ...], seed: int, with_explain: bool) -> None:
     """Run every executor of each spec against the interpreter (fp64, random inputs)."""
     rows = []
+    results = []
     status = 0
     for path in _spec_paths(paths):
         try:
             result = check(load(path), seed=seed)
+            results.append(result)
         except RecError as err:
             click.echo(str(err), err=True)
             rows.append((path.stem, "-", "-", "-", "SPEC ERROR", ""))
@@ -108,6 +110,7 @@ def check_command(paths: tuple[str, ...], seed: int, with_explain: bool) -> None
                 result.plan.algorithm,
                 f"{verdict} (form {result.form_error:.0e}"
                 + "".join(f", {b} {e:.0e}" for b, e in result.backend_errors.items())
+                + "".join(f", {b} not run" for b in result.skipped)
                 + ")",
                 f"{result.seconds:.2f}s",
             )
@@ -120,8 +123,11 @@ def check_command(paths: tuple[str, ...], seed: int, with_explain: bool) -> None
     click.echo(
         f"\n{n_ok} of {len(rows)} specs agree with the interpreter to {TOLERANCE:g} "
         "(fp64, random inputs):\n  form = the canonical form, step by step;\n"
-        "  torch = the torch backend's outputs, final states and all gradients."
+        "  torch, triton = the backend's outputs, final states and all gradients."
     )
+    reasons = {r for row in results for r in row.skipped.items()}
+    for backend, reason in sorted(reasons):
+        click.echo(f"  {backend} not run: {reason}")
     sys.exit(status)
 
 

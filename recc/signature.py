@@ -185,7 +185,7 @@ def bind(
         bound_params[decl.name] = p
         dtypes.append(p.dtype)
 
-    states = _initial_states(rec, initial_state)
+    states = initial_states(rec, initial_state)
     for s in rec.states:
         if s.name in states:
             x = _check_tensor("initial state", s.name, states[s.name], check_nan)
@@ -241,7 +241,8 @@ def bind(
     )
 
 
-def _initial_states(rec: Recurrence, initial_state: Any) -> dict[str, Any]:
+def initial_states(rec: Recurrence, initial_state: Any) -> dict[str, Any]:
+    """`initial_state` as given to a call (None, a tensor, a tuple or a dict) as a dict."""
     if initial_state is None:
         return {}
     names = [s.name for s in rec.states]

@@ -12,6 +12,7 @@ Everything must agree to `TOLERANCE` (relative, fp64).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from recc.interpreter import TorchOps, run
 from recc.ir.evaluate import step
 from recc.ir.nodes import Recurrence
 from recc.lowering import LoweringPlan, plan
-from recc.lowering.plan import INTERPRETER, TORCH
+from recc.lowering.plan import INTERPRETER, TORCH, TRITON
 from recc.signature import bind
 
 TOLERANCE = 1e-10  # max |form - interpreter| / (1 + |interpreter|), fp64
@@ -36,6 +37,7 @@ class CheckResult:
     plan: LoweringPlan
     form_error: float
     backend_errors: dict[str, float]  # backend -> worst relative error (values and grads)
+    skipped: dict[str, str]  # backend -> why it was not run here
     inputs: str  # which input distribution was used
     seconds: float
 
@@ -72,18 +74,49 @@ def check(rec: Recurrence, seed: int = 0) -> CheckResult:
         if all(torch.isfinite(v).all() for v in [*outputs.values(), *finals.values()]):
             break
     error = _form_error(rec, analysis, bound)
-    backend_errors = {
-        backend: _backend_error(rec, analysis, backend, tensors, init, seed)
-        for backend in lowering.backends
-        if backend != INTERPRETER
-    }
+    backend_errors: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for backend in lowering.backends:
+        if backend == INTERPRETER:
+            continue
+        reason = _cannot_run(rec, analysis, backend)
+        if reason:
+            skipped[backend] = reason
+            continue
+        backend_errors[backend] = _backend_error(rec, analysis, backend, tensors, init, seed)
     name = "positive uniform(0.05, 0.95)" if positive else "normal(0, 0.5)"
     return CheckResult(
-        rec, analysis, lowering, error, backend_errors, name, time.perf_counter() - start
+        rec,
+        analysis,
+        lowering,
+        error,
+        backend_errors,
+        skipped,
+        name,
+        time.perf_counter() - start,
     )
 
 
-_RUNNERS = {TORCH: run_scan}
+def _cannot_run(rec: Recurrence, analysis: Analysis, backend: str) -> str | None:
+    if backend != TRITON:
+        return None
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        return "no GPU here (set TRITON_INTERPRET=1 to run Triton's CPU interpreter)"
+    from recc.backends.triton.launch import ScanKernel
+    from recc.backends.triton.scan_codegen import Unsupported
+
+    try:
+        ScanKernel(rec, analysis)
+    except Unsupported as err:
+        return f"no kernel: {err}"
+    return None
+
+
+def _run_triton(rec, analysis, bound, tensors, init):
+    from recc.backends.triton.function import triton_scan
+    from recc.backends.triton.launch import ScanKernel
+
+    return triton_scan(rec, analysis, ScanKernel(rec, analysis), tensors, init)
 
 
 def _backend_error(rec, analysis, backend, tensors, init, seed) -> float:
@@ -94,8 +127,12 @@ def _backend_error(rec, analysis, backend, tensors, init, seed) -> float:
         bound = bind(rec, {k: leaves[k] for k in tensors}, {k: leaves[k] for k in init})
         if executor == INTERPRETER:
             outputs, finals = run(rec, bound)
+        elif executor == TORCH:
+            outputs, finals = run_scan(rec, analysis, bound)
         else:
-            outputs, finals = _RUNNERS[executor](rec, analysis, bound)
+            assert executor == TRITON
+            given = {k: leaves[k] for k in tensors}
+            outputs, finals = _run_triton(rec, analysis, bound, given, {k: leaves[k] for k in init})
         results = [*outputs.values(), *finals.values()]
         g = torch.Generator().manual_seed(seed + 1)
         loss = sum((r * torch.randn(r.shape, generator=g, dtype=r.dtype)).sum() for r in results)

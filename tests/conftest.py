@@ -1,9 +1,24 @@
-"""Shared test setup: every test starts from the same random seed."""
+"""Shared test setup.
+
+Before anything imports Triton: this machine has no GPU, so Triton kernels
+run in its CPU interpreter (TRITON_INTERPRET=1 must be set before the first
+`import triton`), and kernel caches (Triton's and recc's) go to a fresh
+temporary folder so runs never share stale kernels. Every test starts from
+the same random seed.
+"""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+import tempfile
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+_CACHE = tempfile.mkdtemp(prefix="recc-test-cache-")
+os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(_CACHE, "triton"))
+os.environ.setdefault("RECC_CACHE_DIR", os.path.join(_CACHE, "recc"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -497,7 +497,10 @@ def _load_kernel(where: Mapping[str, str]) -> Any:
     module = None
     name = where["module"]
     if name and name != "__main__":
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):  # e.g. a generated module outside any package
+            spec = None
         origin = spec.origin if spec is not None else None
         if origin is not None and Path(origin).resolve() == Path(where["path"]):
             module = importlib.import_module(name)

@@ -15,8 +15,11 @@ from recc.ir.nodes import Recurrence
 
 INTERPRETER = "interpreter"
 TORCH = "torch"
-ALL_BACKENDS = (TORCH, INTERPRETER)
-SCAN_BACKENDS = (TORCH, INTERPRETER)  # in order of preference
+TRITON = "triton"
+ALL_BACKENDS = (TRITON, TORCH, INTERPRETER)
+# In order of preference; "triton" only runs on CUDA tensors (or under
+# TRITON_INTERPRET=1), so on the CPU the next one is the default.
+SCAN_BACKENDS = (TRITON, TORCH, INTERPRETER)
 REFERENCE_ONLY = (INTERPRETER,)
 
 
@@ -31,7 +34,10 @@ class LoweringPlan:
     def status(self) -> str:
         if self.backends == (INTERPRETER,):
             return f"{self.algorithm} planned; runs on the interpreter until its backend lands"
-        return f"{self.algorithm} on {' and '.join(self.backends)} (first is the default)"
+        return (
+            f"{self.algorithm} on {', '.join(self.backends)} "
+            "(default: triton for CUDA tensors, else torch)"
+        )
 
 
 def plan(rec: Recurrence, analysis: Analysis) -> LoweringPlan:

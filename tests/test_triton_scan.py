@@ -1,0 +1,207 @@
+"""Generated Triton scan kernels: interpreter runs, ahead-of-time compiles, traffic.
+
+Every diagonal and MinMax zoo spec gets a kernel. Under TRITON_INTERPRET=1
+(tests/conftest.py) the kernels run on CPU tensors at tiny shapes, with the
+vectorised interpreter scan of tests/triton_interpreter.py; each must match
+the interpreter (fp64: to round-off; fp32: 1e-5 relative). Every kernel must
+also compile for sm_80 and sm_90 at its default tile sizes with 0 spill
+bytes, and move no more than 1.1x the minimum global bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):  # pragma: no cover - conftest sets it
+    pytest.skip("Triton kernels need TRITON_INTERPRET=1 here (no GPU)", allow_module_level=True)
+
+from triton_interpreter import fast_scan  # noqa: E402
+from triton_traffic import count_traffic  # noqa: E402
+
+import recc  # noqa: E402
+from recc.analysis import analyze  # noqa: E402
+from recc.backends.triton.aot import compile_reports  # noqa: E402
+from recc.backends.triton.function import triton_scan  # noqa: E402
+from recc.backends.triton.launch import ScanKernel, block_sizes, compile_jobs  # noqa: E402
+from recc.backends.triton.scan_codegen import Unsupported  # noqa: E402
+from recc.interpreter import run  # noqa: E402
+from recc.ir import load  # noqa: E402
+from recc.signature import bind  # noqa: E402
+
+SPECS = sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.rec"))
+
+
+def _kernel(path):
+    rec = load(path)
+    analysis = analyze(rec)
+    try:
+        return rec, analysis, ScanKernel(rec, analysis)
+    except Unsupported:
+        return rec, analysis, None
+
+
+KERNELS = {p.stem: _kernel(p) for p in SPECS}
+WITH_KERNEL = sorted(name for name, (_, _, k) in KERNELS.items() if k is not None)
+
+
+@pytest.fixture(autouse=True)
+def _fast_interpreter_scan():
+    with fast_scan():
+        yield
+
+
+def _call(rec, T, D, B=2, heads=None, dtype=torch.float64, seed=0, positive=True):
+    g = torch.Generator().manual_seed(seed)
+    sizes = {d: D + i for i, d in enumerate(rec.dims)}
+    lead = (B, T) + ((heads,) if heads else ())
+
+    def draw(*shape):
+        if positive:
+            return (torch.rand(shape, generator=g, dtype=torch.float64) * 0.9 + 0.05).to(dtype)
+        return (torch.randn(shape, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+
+    tensors = {i.name: draw(*lead, *(sizes[d] for d in i.dims)) for i in rec.inputs}
+    tensors.update({p.name: draw(*(sizes[d] for d in p.dims)) for p in rec.params})
+    init = {
+        s.name: draw(B, *((heads,) if heads else ()), *(sizes[d] for d in s.dims)).float()
+        if dtype != torch.float64
+        else draw(B, *((heads,) if heads else ()), *(sizes[d] for d in s.dims))
+        for s in rec.states
+    }
+    return tensors, init
+
+
+def _compare(got, want, rtol, atol):
+    for name in want:
+        torch.testing.assert_close(got[name].to(want[name].dtype), want[name], rtol=rtol, atol=atol)
+
+
+def test_every_scan_spec_has_a_kernel():
+    scan_specs = {n for n, (_, a, _) in KERNELS.items() if a.kind in ("diagonal", "minmax")}
+    assert set(WITH_KERNEL) == scan_specs and len(scan_specs) == 14
+
+
+@pytest.mark.parametrize("T", [1, 17, 64, 100])
+@pytest.mark.parametrize("name", WITH_KERNEL)
+def test_fp64_matches_interpreter(name, T):
+    rec, analysis, kernel = KERNELS[name]
+    for D in (3, 16):
+        tensors, init = _call(rec, T, D, seed=T + D)
+        bound = bind(rec, tensors, init)
+        out_k, fin_k = kernel(bound)
+        out_i, fin_i = run(rec, bound)
+        _compare(out_k, out_i, 1e-10, 1e-12)
+        _compare(fin_k, fin_i, 1e-10, 1e-12)
+
+
+@pytest.mark.parametrize("name", WITH_KERNEL)
+def test_fp32_heads_and_gradients(name):
+    rec, analysis, kernel = KERNELS[name]
+    tensors, init = _call(rec, 23, 4, heads=3, dtype=torch.float32)
+    leaves = {k: v.clone().requires_grad_() for k, v in {**tensors, **init}.items()}
+    given = {k: leaves[k] for k in tensors}
+    start = {k: leaves[k] for k in init}
+    out_k, fin_k = triton_scan(rec, analysis, kernel, given, start)
+    wide = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
+    bound = bind(rec, {k: wide[k] for k in tensors}, {k: wide[k] for k in init})
+    out_i, fin_i = run(rec, bound)
+    _compare(
+        {k: v.detach() for k, v in out_k.items()},
+        {k: v.detach() for k, v in out_i.items()},
+        1e-5,
+        1e-5,
+    )
+    g = torch.Generator().manual_seed(1)
+    weights = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in out_i.values()]
+    loss_k = sum((x.double() * w).sum() for x, w in zip(out_k.values(), weights))
+    loss_i = sum((x * w).sum() for x, w in zip(out_i.values(), weights))
+    grads_k = torch.autograd.grad(loss_k, list(leaves.values()), allow_unused=True)
+    grads_i = torch.autograd.grad(loss_i, list(wide.values()), allow_unused=True)
+    for key, gk, gi in zip(leaves, grads_k, grads_i):
+        if gi is None:
+            continue
+        torch.testing.assert_close(gk.double(), gi, rtol=1e-4, atol=1e-4, msg=key)
+
+
+def test_low_precision_and_non_contiguous_inputs():
+    rec, analysis, kernel = KERNELS["mamba_s6"]
+    tensors, init = _call(rec, 40, 8, dtype=torch.float32, positive=False)
+    tensors["A"] = -tensors["A"].abs()  # a decaying state, as in Mamba
+    reference, _ = run(rec, bind(rec, tensors, init))
+    for dtype, tol in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
+        low = {}
+        for k, v in tensors.items():
+            v = v.to(dtype)
+            if v.dim() >= 3:  # a transposed copy: same values, non-contiguous strides
+                v = v.transpose(0, 1).contiguous().transpose(0, 1)
+                assert not v.is_contiguous()
+            low[k] = v
+        out, fin = kernel(bind(rec, low, init))
+        assert out["y"].dtype == dtype and fin["h"].dtype == torch.float32
+        torch.testing.assert_close(out["y"].float(), reference["y"], rtol=tol, atol=tol)
+
+
+def test_compile_picks_triton_only_when_asked_on_cpu():
+    fn = recc.compile(SPECS[0].parent / "mingru.rec", backend="triton")
+    k, v = torch.randn(2, 9, 5), torch.randn(2, 9, 5)
+    y_triton = fn(k=k, v=v)
+    y_torch = recc.compile(SPECS[0].parent / "mingru.rec")(k=k, v=v)
+    torch.testing.assert_close(y_triton, y_torch, rtol=1e-6, atol=1e-6)
+    assert recc.compile(SPECS[0].parent / "mingru.rec").backend_for(k.device) == "torch"
+
+
+@pytest.mark.parametrize("name", WITH_KERNEL)
+def test_forward_traffic_is_inputs_once_plus_outputs(name):
+    """Global bytes moved vs the minimum: every input read once (an input without the
+    split dim once per channel block), params and the initial state once per program,
+    outputs and the final state written once."""
+    rec, analysis, kernel = KERNELS[name]
+    tensors, init = _call(rec, 256, 16, B=1, dtype=torch.float32)
+    bound = bind(rec, tensors, init)
+    plan = kernel.plan
+    blocks = block_sizes(plan, bound.sizes)
+    n_cb = 1 if plan.blocked is None else -(-bound.sizes[plan.blocked] // blocks[plan.blocked])
+    programs = bound.B * n_cb
+    minimum = 0
+    for name_, dims in plan.inputs:
+        x = tensors[name_]
+        minimum += x.numel() * x.element_size() * (1 if plan.blocked in dims else n_cb)
+    for name_, _ in plan.params:
+        minimum += tensors[name_].numel() * 4 * programs
+    for name_, _ in plan.states:
+        minimum += (
+            2 * init[name_].numel() * 4 * (1 if plan.blocked in rec.state(name_).dims else n_cb)
+        )
+    with count_traffic() as traffic:
+        outputs, finals = kernel(bound)
+    written = sum(x.numel() * x.element_size() for x in outputs.values())
+    minimum += written
+    moved = traffic.bytes_read + traffic.bytes_written
+    assert moved <= 1.1 * minimum, (moved, minimum)
+
+
+def test_generated_kernels_compile_for_sm80_and_sm90_without_spills():
+    jobs, names = [], []
+    for name in WITH_KERNEL:
+        for arch in (80, 90):
+            jobs.append(compile_jobs(KERNELS[name][2], arch))
+            names.append((name, arch))
+    for (name, arch), report in zip(names, compile_reports(jobs)):
+        assert report.spill_store_bytes == 0 and report.spill_load_bytes == 0, (name, arch)
+        assert report.registers > 0 and report.fits_shared_memory, (name, arch, report)
+
+
+def test_generated_source_points_back_to_the_spec():
+    rec, _, kernel = KERNELS["mingru"]
+    assert (
+        "# let let    z = sigmoid(k)" in kernel.source or "let    z = sigmoid(k)" in kernel.source
+    )
+    assert "tl.associative_scan" in kernel.source
+    assert "# output output h" in kernel.source or "output h" in kernel.source
