@@ -1,10 +1,10 @@
 """The Triton scan as a torch.autograd.Function.
 
-Stage: backend (triton), runtime side. Forward: the generated Triton kernel
-(`launch.ScanKernel`). Backward: for now the gradient is recomputed by the
-torch backend's chunked scan under autograd from the saved inputs (exact,
-but not the generated Triton backward kernel, which is the next step); the
-forward saves only its inputs, never the state sequence.
+Stage: backend (triton), runtime side. Forward: the generated forward kernel,
+which also stores the state entering every time block (checkpoints: one
+state per BLOCK_T steps, never the whole state sequence). Backward: the
+generated backward kernel, which recomputes each block's states from its
+checkpoint, runs the adjoint scan and differentiates the gates in-kernel.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from recc.analysis.forms import Analysis
-from recc.backends.torch.scan import run_scan
 from recc.ir.nodes import Recurrence
 from recc.signature import bind
 
@@ -22,41 +21,41 @@ from recc.signature import bind
 class _TritonScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run: Any, names: tuple[str, ...], n_tensors: int, *leaves: torch.Tensor):
-        rec, analysis, kernel = run
+        rec, kernel = run
         tensors = dict(zip(names[:n_tensors], leaves[:n_tensors]))
         init = dict(zip(names[n_tensors:], leaves[n_tensors:]))
         bound = bind(rec, tensors, init, check_nan=False)
-        outputs, finals = kernel(bound, output_final_state=True)
-        ctx.save_for_backward(*leaves)
-        ctx.run, ctx.names, ctx.n_tensors = run, names, n_tensors
+        grad = any(ctx.needs_input_grad[3:])
+        outputs, finals, ckpts = kernel.forward(bound, output_final_state=True, checkpoints=grad)
+        ctx.save_for_backward(*leaves, *ckpts.values())
+        ctx.run, ctx.names, ctx.n_tensors, ctx.n_leaves = run, names, n_tensors, len(leaves)
         results = [outputs[o.name] for o in rec.outputs] + [finals[s.name] for s in rec.states]
         return tuple(results)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
-        rec, analysis, _ = ctx.run
-        leaves = [x.detach().requires_grad_(x.requires_grad) for x in ctx.saved_tensors]
+        rec, kernel = ctx.run
+        saved = ctx.saved_tensors
+        leaves, ckpt_list = saved[: ctx.n_leaves], saved[ctx.n_leaves :]
         names, n = ctx.names, ctx.n_tensors
-        with torch.enable_grad():
-            bound = bind(
-                rec,
-                dict(zip(names[:n], leaves[:n])),
-                dict(zip(names[n:], leaves[n:])),
-                check_nan=False,
-            )
-            outputs, finals = run_scan(rec, analysis, bound)
-            results = [outputs[o.name] for o in rec.outputs] + [finals[s.name] for s in rec.states]
-            wanted = [x for x in leaves if x.requires_grad]
-            pairs = [(r, g) for r, g in zip(results, grads) if g is not None and r.requires_grad]
-            found = (
-                torch.autograd.grad(
-                    [r for r, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
-                )
-                if pairs and wanted
-                else [None] * len(wanted)
-            )
-        it = iter(found)
-        leaf_grads = [next(it) if x.requires_grad else None for x in leaves]
+        bound = bind(
+            rec,
+            dict(zip(names[:n], leaves[:n])),
+            dict(zip(names[n:], leaves[n:])),
+            check_nan=False,
+        )
+        ckpts = dict(zip([s.name for s in rec.states], ckpt_list))
+        n_out = len(rec.outputs)
+        d_out = {o.name: g for o, g in zip(rec.outputs, grads[:n_out])}
+        d_fin = {s.name: g for s, g in zip(rec.states, grads[n_out:])}
+        d_tensors, d_init = kernel.backward(bound, ckpts, d_out, d_fin)
+        leaf_grads = []
+        for i, (name, leaf) in enumerate(zip(names, leaves)):
+            if not ctx.needs_input_grad[3 + i]:
+                leaf_grads.append(None)
+                continue
+            g = d_tensors.get(name) if i < n else d_init.get(name)
+            leaf_grads.append(None if g is None else g.to(leaf.dtype))
         return (None, None, None, *leaf_grads)
 
 
@@ -67,10 +66,11 @@ def triton_scan(
     tensors: dict[str, torch.Tensor],
     initial_state: dict[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Outputs and final states through the Triton kernel, differentiable."""
+    """Outputs and final states through the Triton kernels, differentiable."""
+    del analysis  # the kernel was generated from it
     names = tuple(tensors) + tuple(initial_state)
     leaves = [*tensors.values(), *initial_state.values()]
-    results = _TritonScan.apply((rec, analysis, kernel), names, len(tensors), *leaves)
+    results = _TritonScan.apply((rec, kernel), names, len(tensors), *leaves)
     n_out = len(rec.outputs)
     outputs = {o.name: r for o, r in zip(rec.outputs, results[:n_out])}
     finals = {s.name: r for s, r in zip(rec.states, results[n_out:])}

@@ -1,22 +1,31 @@
-"""Load a generated Triton module and launch its scan kernel.
+"""Load a spec's generated Triton module and launch its kernels.
 
 Stage: backend (triton), runtime side. The module source is written once to
 the kernel cache (`recc.backends.triton.cache`) and imported from there
-(Triton reads a kernel's source from its file). The launcher turns the bound
-call (`recc.signature.Bound`) into pointers, strides and a grid.
+(Triton reads a kernel's source from its file). The launcher turns a bound
+call (`recc.signature.Bound`) into pointers, strides and a grid, allocates
+outputs, checkpoints and gradients, and sums per-channel-block partial
+gradients.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
 from recc.analysis.forms import Analysis
 from recc.backends.triton.cache import load_module
-from recc.backends.triton.scan_codegen import ScanKernelPlan, generate_scan_module
+from recc.backends.triton.scan_codegen import ScanKernelPlan, TensorArg, generate_scan_module
 from recc.ir.nodes import Recurrence
 from recc.signature import Bound
 
-TILE_BUDGET = 2048  # elements of one [BLOCK_T, ...] tile: keeps generated kernels spill-free
+# Elements of one [BLOCK_T, ...] tile. Chosen so the generated kernels compile
+# without register spills (tests/test_triton_scan.py checks sm_80 and sm_90):
+# the forward alone, and training (the forward that checkpoints, whose time
+# blocks the backward must share, and the backward, which holds ~3x the tiles).
+INFERENCE_BUDGET = 1024
+TRAINING_BUDGET = 256
 MAX_BLOCK_T = 64
 
 
@@ -24,90 +33,185 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (max(n, 1) - 1).bit_length())
 
 
-def block_sizes(plan: ScanKernelPlan, sizes: dict[str, int]) -> dict[str, int]:
-    """Whole dims padded to a power of two; the blocked dim and time fill the budget."""
+def block_sizes(
+    plan: ScanKernelPlan, sizes: dict[str, int], budget: int = INFERENCE_BUDGET
+) -> dict[str, int]:
+    """Whole dims padded to a power of two; the split dim and time fill the budget."""
     blocks = {d: _pow2(sizes[d]) for d in plan.layout.dims if d != plan.blocked}
     whole = 1
     for v in blocks.values():
         whole *= v
     if plan.blocked is not None:
-        blocks[plan.blocked] = min(_pow2(sizes[plan.blocked]), max(1, 512 // whole))
+        blocks[plan.blocked] = min(_pow2(sizes[plan.blocked]), max(1, budget // 4 // whole))
         whole *= blocks[plan.blocked]
-    blocks["T"] = max(1, min(MAX_BLOCK_T, _pow2(TILE_BUDGET // whole + 1) // 2))
+    blocks["T"] = max(1, min(MAX_BLOCK_T, _pow2(budget // whole + 1) // 2))
     return blocks
 
 
+def _strides(arg: TensorArg, x: torch.Tensor, present: set[str]) -> list[int]:
+    """One stride per axis of `arg`; an axis the tensor lacks (no heads) gets 0."""
+    out, i = [], 0
+    for axis in arg.axes:
+        if axis in present:
+            out.append(x.stride(i))
+            i += 1
+        else:
+            out.append(0)
+    return out + list(x.stride()[x.dim() - len(arg.dims) :])
+
+
 class ScanKernel:
-    """A spec's generated forward scan kernel, ready to launch."""
+    """A spec's generated forward and backward scan kernels, ready to launch."""
 
     def __init__(self, rec: Recurrence, analysis: Analysis) -> None:
         self.rec = rec
         self.source, self.plan = generate_scan_module(rec, analysis)
         self.module = load_module(self.source, stem=f"{rec.name}_scan")
-        self.kernel = getattr(self.module, self.plan.kernel)
+        self.forward_kernel = getattr(self.module, self.plan.forward)
+        self.backward_kernel = getattr(self.module, self.plan.backward)
 
-    def __call__(self, bound: Bound, output_final_state: bool = True):
-        plan = self.plan
-        B, T, H = bound.B, bound.T, bound.H or 1
-        heads = bound.H is not None
-        device = bound.device
-        pointers: list[torch.Tensor] = []
-        strides: list[int] = []
+    def _grid(self, bound: Bound, training: bool):
+        budget = TRAINING_BUDGET if training else INFERENCE_BUDGET
+        blocks = block_sizes(self.plan, bound.sizes, budget)
+        n_c = 1
+        if self.plan.blocked is not None:
+            n_c = -(-bound.sizes[self.plan.blocked] // blocks[self.plan.blocked])
+        return blocks, n_c, (bound.B * (bound.H or 1), n_c)
 
-        def per_step(x: torch.Tensor, n_dims: int) -> None:
-            s = x.stride()
-            strides.extend([s[0], s[1], s[2] if heads else 0, *s[len(s) - n_dims :]])
-
-        def per_batch(x: torch.Tensor, n_dims: int) -> None:
-            s = x.stride()
-            strides.extend([s[0], s[1] if heads else 0, *s[len(s) - n_dims :]])
-
-        pointers += [bound.inputs[name] for name, _ in plan.inputs]
-        pointers += [bound.params[name] for name, _ in plan.params]
-        pointers += [bound.initial_state[name] for name, _ in plan.states]
-        outputs = {}
-        for name, dims in plan.outputs:
-            shape = (B, T, *bound.batch_heads, *bound.shape_of(dims))
-            outputs[name] = torch.empty(shape, dtype=bound.out_dtype, device=device)
-            pointers.append(outputs[name])
-        finals = {}
-        for name, dims in plan.states:
-            shape = (B, *bound.batch_heads, *bound.shape_of(dims))
-            finals[name] = torch.empty(shape, dtype=bound.compute_dtype, device=device)
-            pointers.append(finals[name])
-        # strides in the kernel's argument order: inputs, params, states, outputs, finals
-        for name, dims in plan.inputs:
-            per_step(bound.inputs[name], len(dims))
-        for name, dims in plan.params:
-            p = bound.params[name]
-            has_head = p.dim() > len(dims)
-            strides.append(p.stride(0) if has_head else 0)
-            strides.extend(p.stride()[p.dim() - len(dims) :])
-        for name, dims in plan.states:
-            per_batch(bound.initial_state[name], len(dims))
-            per_batch(finals[name], len(dims))
-        for name, dims in plan.outputs:
-            per_step(outputs[name], len(dims))
-        blocks = block_sizes(plan, bound.sizes)
-        n_blocks = 1
-        if plan.blocked is not None:
-            n_blocks = -(-bound.sizes[plan.blocked] // blocks[plan.blocked])
-        sizes = [bound.sizes[d] for d in plan.layout.dims]
-        constexprs = {f"BLOCK_{d}": v for d, v in blocks.items()}
+    def _launch(self, kernel, args, tensors, bound: Bound, blocks, grid, **flags) -> None:
         import triton.language as tl
 
+        pointers, strides = [], []
+        for arg in args:
+            x, present = tensors[arg.name]
+            pointers.append(x)
+            strides += _strides(arg, x, present)
+        sizes = [bound.sizes[d] for d in self.plan.layout.dims]
         dtype = tl.float64 if bound.compute_dtype == torch.float64 else tl.float32
-        self.kernel[(B * H, n_blocks)](
+        kernel[grid](
             *pointers,
-            T,
-            H,
+            bound.T,
+            bound.H or 1,
             *sizes,
             *strides,
-            **constexprs,
-            STORE_FINAL=output_final_state,
+            **{f"BLOCK_{d}": v for d, v in blocks.items()},
+            **flags,
             DTYPE=dtype,
         )
+
+    def forward(self, bound: Bound, output_final_state: bool = True, checkpoints: bool = False):
+        """Outputs and final states; with `checkpoints`, also the states entering each
+        time block (what the backward restarts from)."""
+        plan, B, T = self.plan, bound.B, bound.T
+        blocks, _, grid = self._grid(bound, training=checkpoints)
+        heads = set() if bound.H is None else {"h"}
+        step, batch = {"b", "t"} | heads, {"b"} | heads
+        n_k = max(1, -(-T // blocks["T"]))
+        tensors: dict[str, tuple[torch.Tensor, set[str]]] = {}
+        for name, _ in plan.inputs:
+            tensors[name] = (bound.inputs[name], step)
+        for name, dims in plan.params:
+            p = bound.params[name]
+            tensors[name] = (p, {"h"} if p.dim() > len(dims) else set())
+        outputs, finals, ckpts = {}, {}, {}
+        for name, dims in plan.states:
+            tensors[f"{name}_init"] = (bound.initial_state[name], batch)
+            shape = (B, *bound.batch_heads, *bound.shape_of(dims))
+            finals[name] = torch.empty(shape, dtype=bound.compute_dtype, device=bound.device)
+            tensors[f"{name}_final"] = (finals[name], batch)
+            # without checkpoints a 1-element stand-in (STORE_CKPT=False never touches it)
+            ckpt_shape = (
+                (B, bound.H or 1, n_k, *bound.shape_of(dims)) if checkpoints else (1,) * len(dims)
+            )
+            ckpts[name] = torch.empty(ckpt_shape, dtype=bound.compute_dtype, device=bound.device)
+            tensors[f"{name}_ckpt"] = (ckpts[name], {"b", "h", "k"} if checkpoints else set())
+        for name, dims in plan.outputs:
+            shape = (B, T, *bound.batch_heads, *bound.shape_of(dims))
+            outputs[name] = torch.empty(shape, dtype=bound.out_dtype, device=bound.device)
+            tensors[f"{name}_out"] = (outputs[name], step)
+        if T > 0:
+            self._launch(
+                self.forward_kernel,
+                plan.forward_args,
+                tensors,
+                bound,
+                blocks,
+                grid,
+                STORE_FINAL=output_final_state,
+                STORE_CKPT=checkpoints,
+            )
+        else:
+            finals = {k: v.clone() for k, v in bound.initial_state.items()}
+        return outputs, finals, ckpts
+
+    def __call__(self, bound: Bound, output_final_state: bool = True):
+        outputs, finals, _ = self.forward(bound, output_final_state)
         return outputs, finals
+
+    def backward(self, bound: Bound, ckpts, d_outputs, d_finals):
+        """Gradients of inputs, params and initial states (dicts by name), given the
+        cotangents of the outputs and final states (None for zero)."""
+        plan, B, T = self.plan, bound.B, bound.T
+        blocks, n_c, grid = self._grid(bound, training=True)
+        heads = set() if bound.H is None else {"h"}
+        step, batch = {"b", "t"} | heads, {"b"} | heads
+        dev, dt = bound.device, bound.compute_dtype
+        tensors: dict[str, tuple[torch.Tensor, set[str]]] = {}
+        for name, _ in plan.inputs:
+            tensors[name] = (bound.inputs[name], step)
+        for name, dims in plan.params:
+            p = bound.params[name]
+            tensors[name] = (p, {"h"} if p.dim() > len(dims) else set())
+        for name, dims in plan.states:
+            tensors[f"{name}_ckpt"] = (ckpts[name], {"b", "h", "k"})
+            shape = (B, *bound.batch_heads, *bound.shape_of(dims))
+            d = d_finals.get(name)
+            d = torch.zeros((), dtype=dt, device=dev).expand(shape) if d is None else d.to(dt)
+            tensors[f"{name}_dfinal"] = (d, batch)
+        for name, dims in plan.outputs:
+            shape = (B, T, *bound.batch_heads, *bound.shape_of(dims))
+            d = d_outputs.get(name)
+            d = torch.zeros((), dtype=dt, device=dev).expand(shape) if d is None else d
+            tensors[f"{name}_dout"] = (d, step)
+        grads = {}
+        for name, dims in plan.inputs:
+            shape = (B, T, *bound.batch_heads, *bound.shape_of(dims))
+            if plan.partial(dims):
+                grads[name] = torch.zeros((n_c, *shape), dtype=dt, device=dev)
+                tensors[f"{name}_grad"] = (grads[name], {"c"} | step)
+            else:
+                grads[name] = torch.zeros(shape, dtype=dt, device=dev)
+                tensors[f"{name}_grad"] = (grads[name], step)
+        for name, dims in plan.params:
+            shape = (B, bound.H or 1, n_c, *bound.shape_of(dims))
+            grads[name] = torch.zeros(shape, dtype=dt, device=dev)
+            tensors[f"{name}_grad"] = (grads[name], {"b", "h", "c"})
+        for name, dims in plan.states:
+            shape = (B, *bound.batch_heads, *bound.shape_of(dims))
+            if plan.partial(dims):
+                grads[f"{name}_dinit"] = torch.zeros((n_c, *shape), dtype=dt, device=dev)
+                tensors[f"{name}_dinit"] = (grads[f"{name}_dinit"], {"c"} | batch)
+            else:
+                grads[f"{name}_dinit"] = torch.zeros(shape, dtype=dt, device=dev)
+                tensors[f"{name}_dinit"] = (grads[f"{name}_dinit"], batch)
+        if T > 0:
+            self._launch(self.backward_kernel, plan.backward_args, tensors, bound, blocks, grid)
+        else:
+            for name, _ in plan.states:
+                d = d_finals.get(name)
+                if d is not None:
+                    grads[f"{name}_dinit"] = d.to(dt)
+        result = {}
+        for name, dims in plan.inputs:
+            result[name] = grads[name].sum(0) if plan.partial(dims) else grads[name]
+        for name, dims in plan.params:
+            g = grads[name].sum(dim=(0, 2))  # over batch and channel blocks: [H or 1, *dims]
+            result[name] = g if bound.params[name].dim() > len(dims) else g.sum(0)
+        init = {}
+        for name, dims in plan.states:
+            g = grads[f"{name}_dinit"]
+            init[name] = g.sum(0) if plan.partial(dims) and T > 0 else g
+        return result, init
 
 
 # Shapes the ahead-of-time check compiles at: the default tile sizes for a
@@ -116,22 +220,27 @@ REPORT_SIZE = {"D": 256, "N": 16, "K": 64, "V": 64, "P": 64}
 
 
 def compile_jobs(kernel: ScanKernel, arch: int, sizes: dict[str, int] | None = None):
-    """A `recc.backends.triton.aot.CompileJob` for this kernel at default tile sizes."""
+    """`recc.backends.triton.aot.CompileJob`s at default tile sizes: the inference
+    forward, the training forward (with checkpoints) and the backward."""
+    import triton.language as tl
+
     from recc.backends.triton.aot import CompileJob
 
     plan = kernel.plan
     sizes = {d: (sizes or {}).get(d, REPORT_SIZE.get(d, 64)) for d in plan.layout.dims}
-    blocks = block_sizes(plan, sizes)
-    signature: dict[str, str] = {}
-    import inspect
-
-    for name, param in inspect.signature(kernel.kernel.fn).parameters.items():
-        if "constexpr" in str(param.annotation):
-            continue
-        signature[name] = "*fp32" if name.endswith("_ptr") else "i32"
-    constexprs = {f"BLOCK_{d}": v for d, v in blocks.items()}
-    constexprs["STORE_FINAL"] = True
-    import triton.language as tl
-
-    constexprs["DTYPE"] = tl.float32
-    return CompileJob(kernel.kernel, signature, constexprs, arch=arch, enable_fp_fusion=True)
+    jobs = []
+    for fn, flags, budget in (
+        (kernel.forward_kernel, {"STORE_FINAL": True, "STORE_CKPT": False}, INFERENCE_BUDGET),
+        (kernel.forward_kernel, {"STORE_FINAL": True, "STORE_CKPT": True}, TRAINING_BUDGET),
+        (kernel.backward_kernel, {}, TRAINING_BUDGET),
+    ):
+        blocks = block_sizes(plan, sizes, budget)
+        signature: dict[str, str] = {}
+        for name, param in inspect.signature(fn.fn).parameters.items():
+            if "constexpr" not in str(param.annotation):
+                signature[name] = "*fp32" if name.endswith("_ptr") else "i32"
+        constexprs = {f"BLOCK_{d}": v for d, v in blocks.items()}
+        constexprs.update(flags)
+        constexprs["DTYPE"] = tl.float32
+        jobs.append(CompileJob(fn, signature, constexprs, arch=arch, enable_fp_fusion=True))
+    return jobs

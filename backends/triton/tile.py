@@ -177,3 +177,198 @@ class TileEmitter:
             masked = f"tl.where({self.layout.mask(dim)}, {value}, 0.0)"
             value = f"tl.sum({masked}, axis={self.layout.axis(dim)}, keep_dims=True)"
         return value
+
+
+Axes = tuple[bool, Dims]  # (has a time axis, dims): the full extents of a tile
+
+
+class TileAdjoint:
+    """Reverse-mode AD of emitted tile expressions, as Triton statements.
+
+    Works on the forward temporaries of a `TileEmitter` (which must already
+    have emitted every node). Cotangents accumulate per node, and per name
+    for inputs, params, states and lets; a contribution is summed over the
+    axes its target lacks (masking padded lanes and steps) before it is
+    added. `run` processes nodes in reverse topological order; call it with
+    `stop_at_names=True` first for the state-dependent part (the readouts),
+    then again for the rest once every seed is in.
+    """
+
+    def __init__(self, emitter: TileEmitter, timed_names: dict[str, bool]) -> None:
+        self.e = emitter
+        self.layout = emitter.layout
+        self.timed_names = timed_names
+        self.cotangent: dict[object, str] = {}  # node or ("name", n) -> accumulator variable
+        self.done: set[object] = set()
+        self.lines: list[str] = []
+
+    # -- axes --
+    def timed(self, expr: Expr) -> bool:
+        return any(isinstance(n, Ref) and self.timed_names.get(n.name, False) for n in walk(expr))
+
+    def axes(self, expr: Expr) -> Axes:
+        return (self.timed(expr), expr.dims)
+
+    def shape(self, axes: Axes) -> str:
+        return self.layout.shape(axes[1], time=axes[0])
+
+    def reduce(self, value: str, frm: Axes, to: Axes) -> str:
+        for dim in frm[1]:
+            if dim not in to[1]:
+                masked = f"tl.where({self.layout.mask(dim)}, {value}, 0.0)"
+                value = f"tl.sum({masked}, axis={self.layout.axis(dim)}, keep_dims=True)"
+        if frm[0] and not to[0]:
+            value = f"tl.sum(tl.where(m_T, {value}, 0.0), axis=0, keep_dims=True)"
+        return value
+
+    @staticmethod
+    def union(*axes: Axes) -> Axes:
+        dims: list[str] = []
+        for _, ds in axes:
+            dims += [d for d in ds if d not in dims]
+        return (any(t for t, _ in axes), tuple(dims))
+
+    # -- accumulation --
+    def key(self, expr: Expr) -> object:
+        return ("name", expr.name) if isinstance(expr, Ref) else expr
+
+    def add(self, target: Expr, value: str, axes: Axes) -> None:
+        if isinstance(target, Const):
+            return
+        target_axes = self.axes(target) if not isinstance(target, Ref) else self.name_axes(target)
+        value = self.reduce(value, axes, target_axes)
+        key = self.key(target)
+        if key in self.cotangent:
+            var = self.cotangent[key]
+            self.lines.append(f"{var} = {var} + {value}")
+        else:
+            var = self.e.fresh().replace("_t", "_ct")
+            self.cotangent[key] = var
+            self.lines.append(f"{var} = {value}")
+
+    def name_axes(self, ref: Ref) -> Axes:
+        return (self.timed_names.get(ref.name, False), ref.dims)
+
+    def seed(self, expr: Expr, var: str, axes: Axes) -> None:
+        self.add(expr, var, axes)
+
+    def name_cotangent(self, name: str) -> str | None:
+        return self.cotangent.get(("name", name))
+
+    # -- traversal --
+    def _order(self, roots: list[Expr], lets: dict[str, Expr], stop_at_names: bool) -> list:
+        order: list = []
+        seen: set = set()
+
+        def visit(node: Expr) -> None:
+            if isinstance(node, Const):
+                return
+            if isinstance(node, Ref):
+                if node.name in lets and not stop_at_names:
+                    key = ("let", node.name)
+                    if key not in seen:
+                        seen.add(key)
+                        visit(lets[node.name])
+                        order.append(key)
+                return
+            if node in seen:
+                return
+            if stop_at_names and not self._state_dependent(node):
+                return
+            seen.add(node)
+            for arg in node.args:
+                visit(arg)
+            if node not in self.done:  # a processed node's children may still be pending
+                order.append(node)
+
+        for root in roots:
+            visit(root)
+        return order
+
+    @staticmethod
+    def _state_dependent(node: Expr) -> bool:
+        return any(isinstance(n, Ref) and n.role == "state" for n in walk(node))
+
+    def run(self, roots: list[Expr], lets=(), stop_at_names: bool = False) -> list[str]:
+        let_exprs = {let.name: let.expr for let in lets}
+        order = self._order(roots, let_exprs, stop_at_names)
+        for item in reversed(order):
+            if isinstance(item, tuple):  # ("let", name): hand its cotangent to its expression
+                ct = self.cotangent.get(("name", item[1]))
+                expr = let_exprs[item[1]]
+                if ct is not None:
+                    self.add(expr, ct, (self.timed_names.get(item[1], False), expr.dims))
+                continue
+            self.done.add(item)
+            ct = self.cotangent.get(item)
+            if ct is None:
+                continue
+            axes = self.axes(item)
+            full = f"({ct} + tl.zeros({self.shape(axes)}, DTYPE))"
+            self._rules(item, full, axes)
+        lines, self.lines = self.lines, []
+        return lines
+
+    def _rules(self, node: Apply, ct: str, axes: Axes) -> None:
+        op = node.op
+        args = node.args
+        v = [self.e.emit(a) for a in args]  # forward values (already emitted)
+        out = self.e.memo[node]
+        arg_axes = [self.axes(a) if not isinstance(a, Ref) else self.name_axes(a) for a in args]
+        if isinstance(args[0], Const):
+            arg_axes[0] = (False, ())
+        if len(args) > 1 and isinstance(args[1], Const):
+            arg_axes[1] = (False, ())
+        both = self.union(axes, *arg_axes)
+        if op == "add":
+            self.add(args[0], ct, axes)
+            self.add(args[1], ct, axes)
+        elif op == "sub":
+            self.add(args[0], ct, axes)
+            self.add(args[1], f"(-{ct})", axes)
+        elif op in ("mul", "outer", "dot", "matmul"):
+            self.add(args[0], f"({ct} * {v[1]})", both)
+            self.add(args[1], f"({ct} * {v[0]})", both)
+        elif op == "div":
+            self.add(args[0], f"({ct} / {v[1]})", both)
+            self.add(args[1], f"(-{ct} * {out} / {v[1]})", both)
+        elif op == "max":
+            pick = f"({v[0]} >= {v[1]})"
+            self.add(args[0], f"tl.where({pick}, {ct}, 0.0)", both)
+            self.add(args[1], f"tl.where({pick}, 0.0, {ct})", both)
+        elif op == "min":
+            pick = f"({v[0]} <= {v[1]})"
+            self.add(args[0], f"tl.where({pick}, {ct}, 0.0)", both)
+            self.add(args[1], f"tl.where({pick}, 0.0, {ct})", both)
+        elif op == "neg":
+            self.add(args[0], f"(-{ct})", axes)
+        elif op == "exp":
+            self.add(args[0], f"({ct} * {out})", axes)
+        elif op == "log":
+            self.add(args[0], f"({ct} / {v[0]})", axes)
+        elif op == "sigmoid":
+            self.add(args[0], f"({ct} * {out} * (1.0 - {out}))", axes)
+        elif op == "tanh":
+            self.add(args[0], f"({ct} * (1.0 - {out} * {out}))", axes)
+        elif op == "softplus":
+            self.add(args[0], f"({ct} * tl.sigmoid({v[0]}))", axes)
+        elif op == "relu":  # torch.relu's gradient: 0 at 0
+            self.add(args[0], f"tl.where({v[0]} > 0.0, {ct}, 0.0)", axes)
+        elif op == "silu":
+            s = f"tl.sigmoid({v[0]})"
+            self.add(args[0], f"({ct} * {s} * (1.0 + {v[0]} * (1.0 - {s})))", axes)
+        elif op == "sqrt":
+            self.add(args[0], f"({ct} * 0.5 / {out})", axes)
+        elif op == "abs":
+            sign = f"tl.where({v[0]} > 0.0, 1.0, tl.where({v[0]} < 0.0, -1.0, 0.0))"
+            self.add(args[0], f"({ct} * {sign})", axes)
+        elif op == "sum":
+            self.add(
+                args[0],
+                f"({ct} + tl.zeros({self.shape(arg_axes[0])}, DTYPE))",
+                self.union(axes, arg_axes[0]),
+            )
+        elif op == "transpose":
+            self.add(args[0], ct, axes)
+        else:  # pragma: no cover
+            raise AssertionError(op)
