@@ -34,8 +34,8 @@ from recc.analysis.rewrite import NotCanonical
 from recc.analysis.symbolic import (
     Scalarised,
     depends,
-    evaluate_numeric,
     jacobian,
+    numeric_function,
     random_values,
     scalarise,
     uniform_sizes,
@@ -197,17 +197,23 @@ def dplr_rank(rec: Recurrence, reasons: list[str]) -> int | None:
             if F[i, j].free_symbols & sc.state_symbols() - row:
                 reasons.append("rows of S are mixed (a left factor): not DPLR in S @ M form")
                 return None
+    # M_i[k, j] = d F[i, j] / d S[i, k], for the first two rows, as one numpy function
+    rows = range(min(n_rows, 2))
+    entries = [
+        sympy.diff(F[i, j], S[i, k]) for i in rows for k in range(n_cols) for j in range(n_cols)
+    ]
+    symbols = sorted({s for e in entries for s in e.free_symbols}, key=str)
+    evaluate = numeric_function(entries, symbols)
     rng = np.random.default_rng(0)
     rank = 0
     for _ in range(2):
         values = random_values(sc, rng)
-        factors = []
-        for i in range(n_rows):
-            m = np.empty((n_cols, n_cols))
-            for k in range(n_cols):
-                for j in range(n_cols):
-                    m[k, j] = evaluate_numeric(sympy.diff(F[i, j], S[i, k]), values)
-            factors.append(m)
+        with np.errstate(all="ignore"):
+            flat = np.array(evaluate(*[values[s] for s in symbols]), dtype=float)
+        if not np.isfinite(flat).all():
+            reasons.append("the right factor is not finite at random inputs: not DPLR")
+            return None
+        factors = flat.reshape(len(rows), n_cols, n_cols)
         if any(not np.allclose(m, factors[0], rtol=1e-9, atol=1e-12) for m in factors[1:]):
             reasons.append("rows of S see different right factors: not DPLR")
             return None

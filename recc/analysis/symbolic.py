@@ -190,8 +190,17 @@ def random_values(sc: Scalarised, rng: np.random.Generator) -> dict[sympy.Symbol
     return out
 
 
-def evaluate_numeric(expr: sympy.Expr, values: dict[sympy.Symbol, float]) -> float:
-    return float(sympy.N(expr.xreplace({k: sympy.Float(v) for k, v in values.items()})))
+def numeric_function(exprs: list[sympy.Expr], symbols: list[sympy.Symbol]):
+    """A numpy function of `symbols` returning every expression's value (one call, no
+    sympy evaluation per entry); sigmoid and softplus map to numpy formulas."""
+    modules = [
+        {
+            "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+            "softplus": lambda x: np.logaddexp(0.0, x),
+        },
+        "numpy",
+    ]
+    return sympy.lambdify(symbols, exprs, modules=modules)
 
 
 def index_product(shape: tuple[int, ...]):
