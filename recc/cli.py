@@ -1,6 +1,7 @@
 """The `recc` command line (click).
 
 Stage: top level. Commands:
+  recc build SPEC -o DIR one readable Python module: kernels, autograd Function, wrapper
   recc explain SPEC...   what the analysis found and which lowering it picks
   recc check SPEC|DIR... every executor against the interpreter; a table;
                          exit 1 on any mismatch, 2 on a spec error
@@ -69,6 +70,52 @@ def explain(paths: tuple[str, ...]) -> None:
             _fail_internal(err)
             status = 3
     sys.exit(status)
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    default=".",
+    show_default=True,
+    type=click.Path(),
+    help="Folder to write <name>.py into.",
+)
+def build(path: str, out_dir: str) -> None:
+    """Generate the spec's module: Triton kernels, autograd Function and wrapper."""
+    try:
+        rec = load(path)
+        analysis = analyze(rec)
+        lowering = plan(rec, analysis)
+        from recc.backends.triton.build import build_module
+        from recc.backends.triton.scan_codegen import Unsupported
+
+        try:
+            source = build_module(rec, analysis)
+        except Unsupported as err:
+            raise RecError(
+                f"'{rec.name}' ({analysis.kind}) has no generated module yet: {err}",
+                hint="it still runs through recc.compile() "
+                f"on: {', '.join(b for b in lowering.backends if b != 'triton')}",
+            ) from None
+        target = Path(out_dir) / f"{rec.name}.py"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".py.tmp")
+        tmp.write_text(source)
+        tmp.replace(target)
+        click.echo(explain_text(rec, analysis, lowering))
+        click.echo(
+            f"\nwrote {target} ({len(source.splitlines())} lines): Triton forward and "
+            f"backward kernels, autograd Function, and `{rec.name}(...)`"
+        )
+    except RecError as err:
+        click.echo(str(err), err=True)
+        sys.exit(2)
+    except Exception as err:  # noqa: BLE001
+        _fail_internal(err)
+        sys.exit(3)
 
 
 @main.command("check")

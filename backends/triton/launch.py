@@ -63,10 +63,12 @@ def _strides(arg: TensorArg, x: torch.Tensor, present: set[str]) -> list[int]:
 class ScanKernel:
     """A spec's generated forward and backward scan kernels, ready to launch."""
 
-    def __init__(self, rec: Recurrence, analysis: Analysis) -> None:
+    def __init__(self, rec: Recurrence, analysis: Analysis, module=None) -> None:
+        """`module`: an already imported module with these kernels (a `recc build`
+        output); by default they are generated and loaded from the kernel cache."""
         self.rec = rec
         self.source, self.plan = generate_scan_module(rec, analysis)
-        self.module = load_module(self.source, stem=f"{rec.name}_scan")
+        self.module = module or load_module(self.source, stem=f"{rec.name}_scan")
         self.forward_kernel = getattr(self.module, self.plan.forward)
         self.backward_kernel = getattr(self.module, self.plan.backward)
 
