@@ -54,14 +54,20 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-def explain(paths: tuple[str, ...]) -> None:
+@click.option(
+    "--registers/--no-registers",
+    default=True,
+    show_default=True,
+    help="Compile the Triton kernels ahead of time (sm_90) and report registers.",
+)
+def explain(paths: tuple[str, ...], registers: bool) -> None:
     """Simplified transition, class, canonical form, Jacobian and lowering."""
     status = 0
     for path in _spec_paths(paths):
         try:
             rec = load(path)
             analysis = analyze(rec)
-            click.echo(explain_text(rec, analysis, plan(rec, analysis)))
+            click.echo(explain_text(rec, analysis, plan(rec, analysis), registers=registers))
             click.echo()
         except RecError as err:
             click.echo(str(err), err=True)

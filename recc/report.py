@@ -57,7 +57,32 @@ def canonical_form_lines(rec: Recurrence, analysis: Analysis) -> list[str]:
     return lines
 
 
-def explain(rec: Recurrence, analysis: Analysis, lowering: LoweringPlan) -> str:
+def kernel_lines(rec: Recurrence, analysis: Analysis, arch: int = 90) -> list[str]:
+    """Registers and spills of the generated Triton kernels, compiled ahead of time."""
+    try:
+        from recc.backends.triton.aot import compile_reports
+        from recc.backends.triton.launch import ScanKernel, compile_jobs
+        from recc.backends.triton.scan_codegen import Unsupported
+    except ImportError as err:  # pragma: no cover - triton is a dependency
+        return [f"Triton kernels: unavailable ({err})"]
+    try:
+        kernel = ScanKernel(rec, analysis)
+    except Unsupported as err:
+        return [f"Triton kernels: none ({err})"]
+    reports = compile_reports(compile_jobs(kernel, arch))
+    names = ("forward", "forward + checkpoints", "backward")
+    lines = [f"Triton kernels, sm_{arch}, default tiles (compiled ahead of time):"]
+    for name, r in zip(names, reports):
+        lines.append(
+            f"  {name:22} {r.registers:3d} registers/thread, spills "
+            f"{r.spill_store_bytes}+{r.spill_load_bytes} B, shared {r.shared_mem_bytes} B"
+        )
+    return lines
+
+
+def explain(
+    rec: Recurrence, analysis: Analysis, lowering: LoweringPlan, registers: bool = False
+) -> str:
     out = [f"recurrence {rec.name}  ({rec.filename})"]
     states = ", ".join(f"{s.name}{show(s.dims) if s.dims else ' (scalar)'}" for s in rec.states)
     out.append(f"  states: {states}")
@@ -78,4 +103,6 @@ def explain(rec: Recurrence, analysis: Analysis, lowering: LoweringPlan) -> str:
     out.append(f"  lowering: {lowering.description}")
     out.append(f"    because: {lowering.why}")
     out.append(f"    status: {lowering.status}")
+    if registers and "triton" in lowering.backends:
+        out += [f"  {line}" for line in kernel_lines(rec, analysis)]
     return "\n".join(out)

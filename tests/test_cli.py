@@ -16,6 +16,8 @@ def test_explain_prints_class_form_and_lowering():
     assert result.exit_code == 0, result.output
     for text in ("class: diagonal", "canonical form:", "a_h_h = 1 - z", "lowering:", "Jacobian"):
         assert text in result.output
+    # the generated Triton kernels, compiled ahead of time for sm_90
+    assert "backward" in result.output and "registers/thread, spills 0+0 B" in result.output
 
 
 def test_check_directory_prints_a_table_and_passes():
