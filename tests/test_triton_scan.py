@@ -189,22 +189,22 @@ def test_forward_traffic_is_inputs_once_plus_outputs(name):
     split dim once per channel block), params and the initial state once per program,
     outputs and the final state written once."""
     rec, analysis, kernel = KERNELS[name]
-    tensors, init = _call(rec, 256, 16, B=1, dtype=torch.float32)
+    tensors, init = _call(rec, 96, 16, B=1, dtype=torch.float32)
     bound = bind(rec, tensors, init)
     plan = kernel.plan
     blocks = block_sizes(plan, bound.sizes)
     n_cb = 1 if plan.blocked is None else -(-bound.sizes[plan.blocked] // blocks[plan.blocked])
-    programs = bound.B * n_cb
+
+    def per_block(dims) -> int:  # read by every channel block, or split among them
+        return 1 if plan.blocked in dims else n_cb
+
     minimum = 0
     for name_, dims in plan.inputs:
-        x = tensors[name_]
-        minimum += x.numel() * x.element_size() * (1 if plan.blocked in dims else n_cb)
-    for name_, _ in plan.params:
-        minimum += tensors[name_].numel() * 4 * programs
-    for name_, _ in plan.states:
-        minimum += (
-            2 * init[name_].numel() * 4 * (1 if plan.blocked in rec.state(name_).dims else n_cb)
-        )
+        minimum += tensors[name_].numel() * tensors[name_].element_size() * per_block(dims)
+    for name_, dims in plan.params:  # once per program of its channel block
+        minimum += tensors[name_].numel() * 4 * per_block(dims) * bound.B
+    for name_, dims in plan.states:  # initial state read, final state written
+        minimum += 2 * init[name_].numel() * 4 * per_block(dims)
     with count_traffic() as traffic:
         outputs, finals = kernel(bound)
     written = sum(x.numel() * x.element_size() for x in outputs.values())
