@@ -398,6 +398,8 @@ class _Writer:
             if let.name in self.dependent:
                 continue
             value = emitter.emit(let.expr)
+            if not any(isinstance(n, Ref) for n in walk(let.expr)):  # a constant: typed,
+                value = f"tl.full([], {value}, DTYPE)"  # or Triton would keep it in fp32
             emitter.lines.append(f"{let.name} = {value}  # {_cite(rec, let.span)}")
             emitter.names[let.name] = let.name
         coefficients: dict[int, dict] = {}
@@ -523,8 +525,10 @@ class _Writer:
         lines = self.signature(plan.backward, plan.backward_args, [])
         body = self.setup()
         body.append("# adjoint entering from after the last step: the final state's cotangent")
-        for n, _ in plan.states:
-            body.append(f"{n}_u = {self.load(self.args[n + '_dfinal'], time=False)}")
+        for n, dims in plan.states:
+            body.append(
+                f"{n}_u = {self.once(self.load(self.args[n + '_dfinal'], time=False), dims)}"
+            )
         for n, dims in plan.params:
             body.append(f"{n}_acc = tl.zeros({layout.shape(dims, time=False)}, DTYPE)")
         body.append("n_blocks = tl.cdiv(T, BLOCK_T)")
@@ -554,7 +558,7 @@ class _Writer:
         for o in rec.outputs:
             arg = self.args[o.name + "_dout"]
             var = f"{o.name}_dy"
-            loop.append(f"{var} = {self.load(arg, time=True)}")
+            loop.append(f"{var} = {self.once(self.load(arg, time=True), o.expr.dims)}")
             adjoint.seed(o.expr, var, (True, o.expr.dims))
         loop += adjoint.run(outputs, stop_at_names=True)
         for n, dims in plan.states:
@@ -588,6 +592,13 @@ class _Writer:
         for n, dims in plan.params:
             body.append(self.store(self.args[n + "_grad"], f"{n}_acc", dims, False))
         return lines + ["    " + line for line in body]
+
+    def once(self, value: str, dims) -> str:
+        """A cotangent of a value without the split dim: every channel block computes that
+        value alike, so only block 0 takes its cotangent (the partial sums then add up)."""
+        if self.plan.blocked is None or self.plan.blocked in dims:
+            return value
+        return f"tl.where(i_c == 0, {value}, 0.0)"
 
     def timed_names(self) -> dict[str, bool]:
         """Which names vary over time (have a time axis in the tile)."""

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recc.analysis.rewrite import ExprOps, NotCanonical
+from recc.ir.evaluate import evaluate
 from recc.ir.nodes import Apply, Const, Dims, Expr, Ref, walk
 
 _UNARY = {
@@ -147,7 +149,19 @@ class TileEmitter:
         assert isinstance(expr, Apply)
         if expr in self.memo:
             return self.memo[expr]
+        if not any(isinstance(n, Ref) for n in walk(expr)):
+            # A constant subtree: fold it in Python, in fp64 (Triton would evaluate
+            # tl.exp(-1.0) on an fp32 constant).
+            try:
+                folded = evaluate(expr, {}, ExprOps())
+            except NotCanonical:
+                folded = None
+            if isinstance(folded, Const):
+                return literal(folded.value)
         args = [self.emit(a) for a in expr.args]
+        for i, a in enumerate(expr.args):
+            if not any(isinstance(n, Ref) for n in walk(a)):
+                args[i] = f"tl.full([], {args[i]}, DTYPE)"  # typed: the kernel's compute dtype
         code = self._code(expr, args)
         name = self.fresh()
         self.lines.append(f"{name} = {code}")
@@ -271,8 +285,8 @@ class TileAdjoint:
                         visit(lets[node.name])
                         order.append(key)
                 return
-            if node in seen:
-                return
+            if node in seen or not any(isinstance(n, Ref) for n in walk(node)):
+                return  # constant subtrees (folded when emitted) take no cotangent
             if stop_at_names and not self._state_dependent(node):
                 return
             seen.add(node)
