@@ -9,9 +9,10 @@ Stage: backend (torch). The sequence is cut into `nc` chunks of `L` steps.
   pass 2  all chunks at once again, from their true entering states: the
           states step by step, and the outputs read off them.
 
-Gates are recomputed per step from the inputs in both passes rather than
-stored, so memory stays O(inputs + outputs + one step of state per chunk):
-expanded states (Mamba's [D, N]) are never materialised over time. With
+For expanded states (Mamba's [D, N]) the gates are recomputed per step from
+the inputs in both passes rather than stored, so memory stays O(inputs +
+outputs + one step of state per chunk): the state is never materialised over
+time. For states no larger than a step's inputs, pass 1 keeps the gates. With
 L ~ sqrt(T) this is about 3*sqrt(T) short loops of vector ops instead of T.
 Gradients come from torch autograd through these ops.
 """
@@ -118,8 +119,7 @@ class _Scan:
                     total = b[i]
                     for j, source in enumerate(block.states):
                         if a[i][j] is not None:
-                            term = a[i][j] * states[source]
-                            total = term if total is None else total + term
+                            total = _fma(total, a[i][j], states[source])
                     new[target] = total if total is not None else torch.zeros_like(states[target])
             return new
         for s, (a, b) in zip(self.rec.states, maps):
@@ -144,7 +144,7 @@ class _Scan:
                     ]
                     for i in range(k)
                 ]
-                b = [_add(_dot(a2[i], b1), b2[i]) for i in range(k)]
+                b = [_dot(a2[i], b1, start=b2[i]) for i in range(k)]
                 out.append((a, b))
             return out
         out = []
@@ -182,11 +182,16 @@ def _add(x, y):
     return x + y
 
 
-def _dot(xs, ys):
-    total = None
+def _fma(total, x, y):
+    """total + x * y, in one op where there is a total (None is zero)."""
+    return x * y if total is None else torch.addcmul(total, x, y)
+
+
+def _dot(xs, ys, start=None):
+    total = start
     for x, y in zip(xs, ys):
         if x is not None and y is not None:
-            total = _add(total, x * y)
+            total = _fma(total, x, y)
     return total
 
 
@@ -242,11 +247,19 @@ def run_scan(
         mask[-1] = False
         return mask
 
-    # pass 1: every chunk's map, composed step by step from the identity
+    # pass 1: every chunk's map, composed step by step from the identity. Where a
+    # step's state is no larger than its inputs (vector states), the step's maps and
+    # lets are kept for pass 2: O(inputs) memory saves computing the gates twice.
+    state_size = sum(math.prod(shapes[s.name][2:]) for s in rec.states)
+    input_size = sum(math.prod(x.shape[3:]) for x in inputs.values())
+    keep = state_size <= input_size
+    kept: list = []
     summary = None
     for i in range(L):
         env = scan.env_at(inputs, i)
         maps = scan.step_maps(env, shapes, valid_at(i))
+        if keep:
+            kept.append((env, maps))
         summary = maps if summary is None else scan.compose(summary, maps)
     # carry: the state entering each chunk
     entering: list[dict[str, torch.Tensor]] = []
@@ -263,8 +276,12 @@ def run_scan(
     states = {name: torch.stack([e[name] for e in entering], dim=1) for name in state}
     per_step: dict[str, list[torch.Tensor]] = {o.name: [] for o in rec.outputs}
     for i in range(L):
-        env = scan.env_at(inputs, i)
-        maps = scan.step_maps(env, shapes, None)
+        if keep:  # padded steps' maps are the identity here: their outputs are dropped
+            env, maps = kept[i]
+        else:
+            env = scan.env_at(inputs, i)
+            maps = scan.step_maps(env, shapes, None)
+        env = dict(env)
         env.update(states)
         for let in scan.dependent_lets:
             env[let.name] = evaluate(let.expr, env, scan.ops)
