@@ -174,14 +174,6 @@ def _where(valid, x, identity: float, shape, dtype, absent: float = 0.0) -> torc
     return torch.broadcast_to(torch.where(mask, x, fill), shape)
 
 
-def _add(x, y):
-    if x is None:
-        return y
-    if y is None:
-        return x
-    return x + y
-
-
 def _fma(total, x, y):
     """total + x * y, in one op where there is a total (None is zero)."""
     return x * y if total is None else torch.addcmul(total, x, y)

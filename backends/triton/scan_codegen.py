@@ -224,7 +224,6 @@ def _diagonal_combines(g: int, k: int) -> list[str]:
     "earlier, then later" (Triton's reverse scans hand the step nearer the
     end first, which is the one applied first to the adjoint).
     """
-    flat = [x for row in _names("a1_", k)[0] for x in row]
     a1, b1 = _names("a1_", k)
     a2, b2 = _names("a2_", k)
     params = [*sum(a1, []), *b1, *sum(a2, []), *b2]
@@ -234,7 +233,6 @@ def _diagonal_combines(g: int, k: int) -> list[str]:
         "h -> A1 h + b1, then h -> A2 h + b2: (A2 A1, A2 b1 + b2)",
         [*sum(_matmul(a2, a1), []), *_matvec(a2, b1, b2)],
     )
-    del flat
     # forward pairs: x -> (P x + p, Q x + q); h_t and h_{t-1} from the entering state
     p1, pv1 = _names("p1_", k)
     q1, qv1 = _names("q1_", k)

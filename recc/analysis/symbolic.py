@@ -10,7 +10,6 @@ algebra the classifier decides with: derivatives, dependence, linearity.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import product
 from typing import Any
 
 import numpy as np
@@ -201,7 +200,3 @@ def numeric_function(exprs: list[sympy.Expr], symbols: list[sympy.Symbol]):
         "numpy",
     ]
     return sympy.lambdify(symbols, exprs, modules=modules)
-
-
-def index_product(shape: tuple[int, ...]):
-    return product(*(range(n) for n in shape))
