@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from recc.analysis import Analysis, analyze, form_step
+from recc.analysis import Analysis, analyze
 from recc.backends.torch import run_scan
+from recc.form_step import form_step
 from recc.interpreter import TorchOps, run
 from recc.ir.evaluate import step
 from recc.ir.nodes import Recurrence

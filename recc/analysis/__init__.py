@@ -4,7 +4,6 @@ May import: recc.errors, recc.ir. Never a backend, never Triton.
 """
 
 from recc.analysis.classify import analyze
-from recc.analysis.form_step import form_step
 from recc.analysis.forms import Analysis
 
-__all__ = ["Analysis", "analyze", "form_step"]
+__all__ = ["Analysis", "analyze"]

@@ -1,6 +1,8 @@
 """Execute a canonical form for one step, to check it against the spec.
 
-Stage: analysis (used by `recc check` and the tests). Evaluates the form's
+Stage: top level, beside `recc.verify` (used by `recc check` and the tests): it
+reads the analysis and executes with the interpreter's operators, so it sits
+after both in the pipeline. Evaluates the form's
 coefficient expressions with the same evaluator the interpreter uses; the
 update itself is the form's own equation (a * s + b, S @ (...) + B, ...).
 """
