@@ -96,6 +96,23 @@ CASES = [
         1,
     ),
     (
+        # sympy cannot order softplus of an irrational constant unless told it
+        # is real; found by the slow hypothesis tier (a ValueError from Min).
+        "min of constant functions",
+        "state h[D] = 0\n update h = (1 - sigmoid(k)) * (h + min(sigmoid(k), "
+        "exp(-softplus(exp(-1)))))\n output h",
+        "diagonal",
+        "diagonal",
+        1,
+    ),
+    (
+        "max with an irrational constant",
+        "state h[D] = 0\n update h = max(h, sqrt(2) - exp(1)) + v\n output h",
+        "minmax",
+        "diagonal",
+        1,
+    ),
+    (
         "relu scaled",
         "state h[D] = 0\n update h = relu(k * h + v)\n output h",
         "nonlinear",

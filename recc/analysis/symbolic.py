@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import sympy
 
+from recc.errors import RecError
 from recc.ir.evaluate import align, step
 from recc.ir.nodes import Apply, Const, Recurrence
 
@@ -22,9 +23,15 @@ from recc.ir.nodes import Apply, Const, Recurrence
 class sigmoid(sympy.Function):  # noqa: N801 - named like the spec function
     @classmethod
     def eval(cls, x):
-        if x.is_Number:
+        if x.is_number:  # any constant, e.g. exp(-1), gets its closed form
             return 1 / (1 + sympy.exp(-x))
         return None
+
+    def _eval_is_extended_real(self):
+        return self.args[0].is_extended_real
+
+    def _eval_is_positive(self):
+        return True if self.args[0].is_extended_real else None
 
     def fdiff(self, argindex=1):
         s = sigmoid(self.args[0])
@@ -34,9 +41,15 @@ class sigmoid(sympy.Function):  # noqa: N801 - named like the spec function
 class softplus(sympy.Function):  # noqa: N801
     @classmethod
     def eval(cls, x):
-        if x.is_Number:
+        if x.is_number:
             return sympy.log(1 + sympy.exp(x))
         return None
+
+    def _eval_is_extended_real(self):
+        return self.args[0].is_extended_real
+
+    def _eval_is_positive(self):
+        return True if self.args[0].is_extended_real else None
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
@@ -67,13 +80,37 @@ _BINARY = {
     "sub": lambda a, b: a - b,
     "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b,
-    "max": sympy.Max,
-    "min": sympy.Min,
+    "max": lambda a, b: _lattice(sympy.Max, a, b),
+    "min": lambda a, b: _lattice(sympy.Min, a, b),
 }
 
 
+def _lattice(op, a, b):
+    """max/min that never raises: sympy refuses to order values it cannot prove
+    real (log of a negative constant, say); those stay an unevaluated Max/Min,
+    which the classifier treats like any other non-affine term."""
+    try:
+        return op(a, b)
+    except ValueError:
+        return op(a, b, evaluate=False)
+
+
+def _is_real_constant(value: sympy.Expr) -> bool:
+    """True for real numbers and ±oo; False for complex, nan and zoo (1/0)."""
+    if value in (sympy.oo, -sympy.oo):
+        return True
+    return value.is_extended_real is not False and value is not sympy.nan and value is not sympy.zoo
+
+
 class SympyOps:
-    """IR operators on numpy object arrays of sympy expressions (no batch axes)."""
+    """IR operators on numpy object arrays of sympy expressions (no batch axes).
+
+    A constant sub-expression that is not a real number (log(0 - 1)) is a
+    RecError at its place in `source`: the spec is NaN whatever the inputs."""
+
+    def __init__(self, source: str = "", filename: str = "<spec>") -> None:
+        self.source = source
+        self.filename = filename
 
     def const(self, node: Const) -> np.ndarray:
         value = node.value
@@ -88,6 +125,21 @@ class SympyOps:
         return np.array(expr, dtype=object)
 
     def apply(self, node: Apply, args: list[Any]) -> np.ndarray:
+        out = self._apply(node, args)
+        for value in out.flat:
+            if isinstance(value, sympy.Expr) and value.is_number and not _is_real_constant(value):
+                raise RecError(
+                    f"this constant expression is not a real number ({value}); "
+                    "it would be NaN at every step",
+                    node.span,
+                    "log and sqrt need a positive argument, and dividing by a constant 0 "
+                    "is undefined: check the constants in this expression",
+                    self.source,
+                    self.filename,
+                )
+        return out
+
+    def _apply(self, node: Apply, args: list[Any]) -> np.ndarray:
         op = node.op
         if op in _BINARY:
             a = align(args[0], node.args[0].dims, node.dims)
@@ -152,7 +204,7 @@ def scalarise(rec: Recurrence, sizes: dict[str, int]) -> Scalarised:
     old = {s.name: _symbols(s.name, tuple(sizes[d] for d in s.dims)) for s in rec.states}
     env.update(values)
     env.update(old)
-    new, _ = step(rec, SympyOps(), env, outputs=False)
+    new, _ = step(rec, SympyOps(rec.source, rec.filename), env, outputs=False)
     new = {name: np.broadcast_to(arr, old[name].shape) for name, arr in new.items()}
     return Scalarised(sizes, old, new, values)
 
