@@ -10,8 +10,11 @@ from the same raw inputs k, v and returns every h_t:
                      under torch.compile (compile time excluded)
   jax assoc. scan    jax.lax.associative_scan, jitted (if jax is installed)
   recc torch         recc.compile(spec, backend="torch")
+  recc torch+compile recc.compile(spec, backend="torch", torch_compile=True)
+                     (compile time excluded, as for the compiled peer)
 Forward, and forward+backward (loss = sum(out * w)) where the contender has
-autograd. Ratios are "contender time / recc time" (> 1: recc is faster).
+autograd. Ratios are "contender time / recc time" (> 1: recc is faster), one
+column against each recc path.
 The floor is the bytes that must move (k and v read once, out written once)
 over this machine's measured copy bandwidth.
 
@@ -114,6 +117,12 @@ def mingru_table(B: int, T: int, D: int, repeats: int, compile_peers: bool) -> l
     rows = []
     t_recc = best_of(lambda: fn(k=k, v=v), repeats)
     rows.append({"contender": "recc torch", "pass": "forward", "seconds": t_recc})
+    fast = None
+    if compile_peers:
+        fast = recc.compile(ROOT / "specs" / "mingru.rec", backend="torch", torch_compile=True)
+        torch.testing.assert_close(fast(k=k, v=v), reference, rtol=1e-4, atol=1e-4)
+        t = best_of(lambda: fast(k=k, v=v), repeats)
+        rows.append({"contender": "recc torch+compile", "pass": "forward", "seconds": t})
     t = best_of(lambda: python_loop(k, v), repeats)
     rows.append({"contender": "python loop", "pass": "forward", "seconds": t})
     if compile_peers:
@@ -142,16 +151,29 @@ def mingru_table(B: int, T: int, D: int, repeats: int, compile_peers: bool) -> l
 
     t_recc_fb = best_of(recc_fwd_bwd, repeats)
     rows.append({"contender": "recc torch", "pass": "fwd+bwd", "seconds": t_recc_fb})
+    if fast is not None:
+
+        def fast_fwd_bwd():
+            kg.grad = vg.grad = None
+            (fast(k=kg, v=vg) * w).sum().backward()
+
+        t = best_of(fast_fwd_bwd, repeats)
+        rows.append({"contender": "recc torch+compile", "pass": "fwd+bwd", "seconds": t})
     rows.append(
         {"contender": "python loop", "pass": "fwd+bwd", "seconds": best_of(loop_fwd_bwd, repeats)}
     )
-    for row in rows:
-        base = t_recc if row["pass"] == "forward" else t_recc_fb
-        row["ratio"] = None if row["seconds"] is None else row["seconds"] / base
+    bases = {
+        (row["contender"], row["pass"]): row["seconds"]
+        for row in rows
+        if row["contender"].startswith("recc")
+    }
     floor = 3 * B * T * D * 4 / copy_bandwidth(64 * 2**20)
-    rows.append(
-        {"contender": "memory floor", "pass": "forward", "seconds": floor, "ratio": floor / t_recc}
-    )
+    rows.append({"contender": "memory floor", "pass": "forward", "seconds": floor})
+    for row in rows:
+        for path in ("recc torch", "recc torch+compile"):
+            base = bases.get((path, row["pass"]))
+            ok = row["seconds"] is not None and base is not None
+            row[path] = row["seconds"] / base if ok else None
     return rows
 
 
@@ -215,12 +237,15 @@ def main() -> None:
     repeats = 3 if args.quick else 7
     print(f"minGRU forward/backward, fp32, B={B} T={T} D={D}, {torch.get_num_threads()} threads")
     rows = mingru_table(B, T, D, repeats, not args.no_compile)
-    print(f"{'contender':32} {'pass':8} {'ms':>9} {'x recc':>8}")
+    print(f"{'contender':30} {'pass':8} {'ms':>9} {'x recc torch':>13} {'x +compile':>11}")
     for row in rows:
         ms = "n/a" if row["seconds"] is None else f"{row['seconds'] * 1e3:9.2f}"
-        ratio = "" if row["ratio"] is None else f"{row['ratio']:8.2f}"
+        ratios = "".join(
+            f" {'':>{w}}" if row[p] is None else f" {row[p]:{w}.2f}"
+            for p, w in (("recc torch", 13), ("recc torch+compile", 11))
+        )
         note = "  (not installed)" if row["seconds"] is None else ""
-        print(f"{row['contender']:32} {row['pass']:8} {ms:>9} {ratio}{note}")
+        print(f"{row['contender']:30} {row['pass']:8} {ms:>9}{ratios}{note}")
     mem = mamba_memory(B=4, T=T, D=256, N=16)
     print(f"\nMamba S6 forward memory ({mem['shape']}, torch backend, fresh process):")
     print(f"  peak RSS increase        {mem['peak_increase_MB']:8.1f} MB")

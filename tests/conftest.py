@@ -3,7 +3,8 @@
 Before anything imports Triton: this machine has no GPU, so Triton kernels
 run in its CPU interpreter (TRITON_INTERPRET=1 must be set before the first
 `import triton`), and kernel caches (Triton's and recc's) go to a fresh
-temporary folder so runs never share stale kernels. Every test starts from
+temporary folder so runs never share stale kernels (inductor's too, for
+`torch_compile=True`). Every test starts from
 the same random seed.
 """
 
@@ -16,6 +17,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 _CACHE = tempfile.mkdtemp(prefix="recc-test-cache-")
 os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(_CACHE, "triton"))
 os.environ.setdefault("RECC_CACHE_DIR", os.path.join(_CACHE, "recc"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(_CACHE, "inductor"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -9,12 +9,14 @@ Stage: backend (torch). The sequence is cut into `nc` chunks of `L` steps.
   pass 2  all chunks at once again, from their true entering states: the
           states step by step, and the outputs read off them.
 
-For expanded states (Mamba's [D, N]) the gates are recomputed per step from
-the inputs in both passes rather than stored, so memory stays O(inputs +
-outputs + one step of state per chunk): the state is never materialised over
-time. For states no larger than a step's inputs, pass 1 keeps the gates. With
-L ~ sqrt(T) this is about 3*sqrt(T) short loops of vector ops instead of T.
-Gradients come from torch autograd through these ops.
+Vector states (no larger than a step's inputs) get their gates and outputs
+computed for the whole sequence at once, a few large ops; memory O(inputs).
+Expanded states (Mamba's [D, N]) get their gates recomputed per step from the
+inputs in both passes, so memory stays O(inputs + outputs + one step of state
+per chunk): the state is never materialised over time. With L ~ sqrt(T) this
+is about 3*sqrt(T) short loops of vector ops instead of T. Gradients come
+from torch autograd through these ops; `compiled.py` runs the same code
+under torch.compile.
 """
 
 from __future__ import annotations
@@ -62,9 +64,13 @@ class _Scan:
 
     # ---- per-step coefficients ----
     def env_at(self, inputs: dict[str, torch.Tensor], i: int) -> dict[str, Any]:
+        """Step i of every chunk: values `[B, nc, (H), ...]`."""
+        return self.env_whole({name: x[:, :, i] for name, x in inputs.items()})
+
+    def env_whole(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Inputs, params and state-free lets at any leading batch axes."""
         env: dict[str, Any] = dict(self.bound.params)
-        for name, x in inputs.items():
-            env[name] = x[:, :, i]
+        env.update(inputs)
         for let in self.free_lets:
             env[let.name] = evaluate(let.expr, env, self.ops)
         return env
@@ -167,7 +173,7 @@ def _where(valid, x, identity: float, shape, dtype, absent: float = 0.0) -> torc
 
     `absent` is what a None coefficient means (0 for a linear coefficient).
     """
-    mask = valid.reshape((1, -1) + (1,) * (len(shape) - 2))
+    mask = valid.reshape((1, *valid.shape) + (1,) * (len(shape) - 1 - valid.dim()))
     if x is None:
         x = torch.full((), absent, dtype=dtype, device=valid.device)
     fill = torch.full((), identity, dtype=dtype, device=valid.device)
@@ -193,6 +199,16 @@ def _opt(fn, x, y):
     if y is None:
         return x
     return fn(x, y)
+
+
+def _unbind_steps(tree, L: int) -> list:
+    """A tree of `[B, nc, L, ...]` tensors as L trees of `[B, nc, ...]` steps."""
+    if tree is None:
+        return [None] * L
+    if isinstance(tree, torch.Tensor):
+        return list(tree.unbind(2))
+    children = [_unbind_steps(t, L) for t in tree]
+    return [type(tree)(child[i] for child in children) for i in range(L)]
 
 
 def _map_tensors(tree, fn):
@@ -239,21 +255,23 @@ def run_scan(
         mask[-1] = False
         return mask
 
-    # pass 1: every chunk's map, composed step by step from the identity. Where a
-    # step's state is no larger than its inputs (vector states), the step's maps and
-    # lets are kept for pass 2: O(inputs) memory saves computing the gates twice.
     state_size = sum(math.prod(shapes[s.name][2:]) for s in rec.states)
     input_size = sum(math.prod(x.shape[3:]) for x in inputs.values())
-    keep = state_size <= input_size
-    kept: list = []
-    summary = None
-    for i in range(L):
-        env = scan.env_at(inputs, i)
-        maps = scan.step_maps(env, shapes, valid_at(i))
-        if keep:
-            kept.append((env, maps))
-        summary = maps if summary is None else scan.compose(summary, maps)
-    # carry: the state entering each chunk
+    if state_size <= input_size:
+        per_step = _vector_states(scan, bound, inputs, shapes, nc, L, T)
+    else:
+        per_step = _expanded_states(scan, bound, inputs, shapes, nc, L, valid_at)
+    finals, outputs_at = per_step
+    outputs = {}
+    for o in rec.outputs:
+        y = outputs_at[o.name]  # [B, nc, L, ...]
+        y = y.reshape(B, nc * L, *y.shape[3:])[:, :T]
+        outputs[o.name] = y.to(bound.out_dtype)
+    return outputs, finals
+
+
+def _carry(scan: _Scan, bound: Bound, summary, nc: int):
+    """The state entering each chunk, chunk by chunk; and the final state."""
     entering: list[dict[str, torch.Tensor]] = []
     state = {k: v for k, v in bound.initial_state.items()}
     for c in range(nc):
@@ -263,16 +281,88 @@ def run_scan(
             k: torch.broadcast_to(v, bound.initial_state[k].shape)
             for k, v in scan.apply(chunk_map, state).items()
         }
-    finals = state
-    # pass 2: states and outputs, all chunks at once from their entering states
-    states = {name: torch.stack([e[name] for e in entering], dim=1) for name in state}
+    stacked = {name: torch.stack([e[name] for e in entering], dim=1) for name in state}
+    return stacked, state
+
+
+def _vector_states(scan: _Scan, bound: Bound, inputs, shapes, nc: int, L: int, T: int):
+    """States no larger than a step's inputs: whole-sequence gates, stored states.
+
+    The gates (every step's map) and the outputs are computed for the whole
+    sequence at once, in a few large tensor ops; only the recurrence itself
+    steps through time. Memory is O(inputs): the maps and the states over time
+    are no larger than the inputs.
+    """
+    B = bound.B
+    heads = bound.batch_heads
+    rec = scan.rec
+    env = scan.env_whole(inputs)
+    whole = {k: (B, nc, L, *v[2:]) for k, v in shapes.items()}
+    pad = nc * L - T
+    valid = None
+    if pad:  # steps past T (the end of the last chunk) act as the identity
+        valid = (torch.arange(nc * L, device=bound.device) < T).reshape(nc, L)
+    # unbound once: slicing step i out of a tensor L times would cost autograd a
+    # full-size gradient per slice; unbind's backward stacks them once
+    steps = _unbind_steps(scan.step_maps(env, whole, valid), L)
+
+    def at(i: int):
+        return steps[i]
+
+    # pass 1: every chunk's map, composed step by step from the identity
+    summary = at(0)
+    for i in range(1, L):
+        summary = scan.compose(summary, at(i))
+    entering, finals = _carry(scan, bound, summary, nc)
+    # pass 2: the states, all chunks at once from their entering states (stacked,
+    # not written into a buffer in place: autograd would copy the buffer per step)
+    current = {k: torch.broadcast_to(v, shapes[k]) for k, v in entering.items()}
+    history: dict[str, list[torch.Tensor]] = {k: [] for k in entering}
+    for i in range(L):
+        current = scan.apply(at(i), current)
+        for k, v in current.items():
+            history[k].append(torch.broadcast_to(v, shapes[k]))
+    states = {k: torch.stack(vs, dim=2) for k, vs in history.items()}
+    # outputs read the new states; state-dependent lets read the old ones
+    out_env = dict(env)
+    if scan.dependent_lets:
+        old = {
+            k: torch.cat([entering[k].unsqueeze(2), v[:, :, :-1]], dim=2)
+            if L > 1
+            else entering[k].unsqueeze(2)
+            for k, v in states.items()
+        }
+        let_env = {**env, **{k: torch.broadcast_to(v, whole[k]) for k, v in old.items()}}
+        for let in scan.dependent_lets:
+            let_env[let.name] = evaluate(let.expr, let_env, scan.ops)
+            out_env[let.name] = let_env[let.name]
+    out_env.update(states)
+    outputs_at = {}
+    for o in rec.outputs:
+        shape = (B, nc, L, *heads, *bound.shape_of(o.expr.dims))
+        outputs_at[o.name] = torch.broadcast_to(evaluate(o.expr, out_env, scan.ops), shape)
+    return finals, outputs_at
+
+
+def _expanded_states(scan: _Scan, bound: Bound, inputs, shapes, nc: int, L: int, valid_at):
+    """States larger than a step's inputs (Mamba's [D, N]): never stored over time.
+
+    Each step's gates are recomputed from the inputs in both passes, so memory
+    stays O(inputs + outputs + one step of state per chunk).
+    """
+    B = bound.B
+    heads = bound.batch_heads
+    rec = scan.rec
+    summary = None
+    for i in range(L):
+        maps = scan.step_maps(scan.env_at(inputs, i), shapes, valid_at(i))
+        summary = maps if summary is None else scan.compose(summary, maps)
+    entering, finals = _carry(scan, bound, summary, nc)
+    states = entering
     per_step: dict[str, list[torch.Tensor]] = {o.name: [] for o in rec.outputs}
     for i in range(L):
-        if keep:  # padded steps' maps are the identity here: their outputs are dropped
-            env, maps = kept[i]
-        else:
-            env = scan.env_at(inputs, i)
-            maps = scan.step_maps(env, shapes, None)
+        env = scan.env_at(inputs, i)
+        maps = scan.step_maps(env, shapes, None)  # padded steps' outputs are dropped
         env = dict(env)
         env.update(states)
         for let in scan.dependent_lets:
@@ -282,9 +372,4 @@ def run_scan(
         for o in rec.outputs:
             shape = (B, nc, *heads, *bound.shape_of(o.expr.dims))
             per_step[o.name].append(torch.broadcast_to(evaluate(o.expr, out_env, scan.ops), shape))
-    outputs = {}
-    for o in rec.outputs:
-        y = torch.stack(per_step[o.name], dim=2)  # [B, nc, L, ...]
-        y = y.reshape(B, nc * L, *y.shape[3:])[:, :T]
-        outputs[o.name] = y.to(bound.out_dtype)
-    return outputs, finals
+    return finals, {name: torch.stack(ys, dim=2) for name, ys in per_step.items()}
