@@ -86,3 +86,17 @@ def test_torch_compile_needs_the_torch_backend():
 def test_torch_compile_must_be_a_bool():
     with pytest.raises(RecError, match="torch_compile must be True or False"):
         recc.compile(SPECS[0].parent / "mingru.rec", torch_compile="yes")
+
+
+def test_a_failing_torch_compile_is_a_clear_error(monkeypatch):
+    """torch.compile's own failure (here: no C++ compiler) reaches the user as a RecError."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    path = SPECS[0].parent / "mingru.rec"
+    fn = recc.compile(path, backend="torch", torch_compile=True)
+    tensors, _ = random_call(load(path), positive=True, T=3, B=1)
+    with pytest.raises(RecError, match="torch.compile failed for 'mingru'") as err:
+        fn(**tensors)
+    assert "torch_compile=False" in str(err.value)

@@ -16,9 +16,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch._dynamo.exc import TorchDynamoException
+from torch._inductor.exc import InductorError
 
 from recc.analysis.forms import Analysis
 from recc.backends.torch.scan import run_scan
+from recc.errors import RecError
 from recc.ir.nodes import Recurrence
 from recc.signature import Bound
 
@@ -39,4 +42,14 @@ class CompiledScan:
 
     def __call__(self, bound: Bound):
         # A fresh Bound per call: dynamo guards on its tensors, not on its identity.
-        return self._compiled(dataclasses.replace(bound))
+        try:
+            return self._compiled(dataclasses.replace(bound))
+        except (TorchDynamoException, InductorError) as err:
+            # No C++ compiler, an unsupported device, ...: torch's own failure,
+            # not the spec's; say so and how to go on without it.
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RecError(
+                f"torch.compile failed for '{self.rec.name}': {first}",
+                hint="call recc.compile(..., torch_compile=False) to run the same scan eagerly "
+                "(torch.compile on a CPU needs a working C++ compiler)",
+            ) from err
