@@ -2,9 +2,8 @@
 
 The compiled program must give what the interpreter gives: values, final
 states and gradients, in fp64. Each case compiles (seconds per shape at these
-tiny sizes), so the fast tier checks three specs that cover the scan's paths
-(vector states, expanded states, MinMax); the slow tier checks every diagonal
-and MinMax zoo spec.
+tiny sizes), so the fast tier checks minGRU; the slow tier checks every
+diagonal and MinMax zoo spec (vector and expanded states, both semirings).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from recc.verify import random_call
 
 SPECS = sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.rec"))
 SCAN_SPECS = [p for p in SPECS if supports(analyze(load(p)))]
-FAST = {"mingru", "mamba_s6", "maxplus"}
+FAST = {"mingru"}
 FP64 = dict(rtol=1e-10, atol=1e-12)
 
 
@@ -73,7 +72,7 @@ def test_compiled_scan_takes_new_lengths():
     path = SPECS[0].parent / "mingru.rec"
     compiled = recc.compile(path, backend="torch", torch_compile=True)
     reference = recc.compile(path, backend="interpreter")
-    for T in (5, 8):
+    for T in (5,):  # the main test compiled T=11 already
         tensors, _ = random_call(load(path), positive=True, T=T, seed=T)
         torch.testing.assert_close(compiled(**tensors), reference(**tensors), **FP64)
 
