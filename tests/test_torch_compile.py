@@ -72,7 +72,7 @@ def test_compiled_scan_takes_new_lengths():
     path = SPECS[0].parent / "mingru.rec"
     compiled = recc.compile(path, backend="torch", torch_compile=True)
     reference = recc.compile(path, backend="interpreter")
-    for T in (5,):  # the main test compiled T=11 already
+    for T in (5, 8):
         tensors, _ = random_call(load(path), positive=True, T=T, seed=T)
         torch.testing.assert_close(compiled(**tensors), reference(**tensors), **FP64)
 
