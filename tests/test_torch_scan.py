@@ -129,3 +129,51 @@ def test_low_precision_inputs(dtype, tol):
     out, fin = run_scan(rec, a, bind(rec, low, init32))
     assert out["h"].dtype == dtype and fin["h"].dtype == torch.float32
     torch.testing.assert_close(out["h"].double(), ref["h"], rtol=tol, atol=tol)
+
+
+STATE_DEPENDENT_LET = """
+recurrence readout_let {
+  dims D
+  input k[D], v[D]
+  state h[D] = 0
+  let z = sigmoid(k)
+  let g = h * z + v              # reads the old state
+  update h = (1 - z) * h + z * v
+  output y = h * g + h
+}
+"""
+
+EXPANDED_STATE_LET = """
+recurrence expanded_let {
+  dims D, N
+  input k[D], v[D], c[N]
+  state h[D, N] = 0
+  let z = sigmoid(k)
+  let g = h * z                # reads the old state
+  update h = (1 - z) * h + outer(z * v, c)
+  output y = (h + g) @ c
+}
+"""
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5])
+@pytest.mark.parametrize(
+    "spec", [STATE_DEPENDENT_LET, EXPANDED_STATE_LET], ids=["vector", "expanded"]
+)
+def test_state_dependent_let_reads_the_old_state(spec, chunk):
+    """A let that reads the state sees the state before the update, on both paths."""
+    rec = load(spec)
+    a = analyze(rec)
+    assert a.kind == "diagonal"
+    tensors, init = random_call(rec, positive=False, T=17, seed=4)
+    leaves = {k: v.requires_grad_(True) for k, v in {**tensors, **init}.items()}
+    results = []
+    for runner in (lambda b: run(rec, b), lambda b: run_scan(rec, a, b, chunk=chunk)):
+        bound = bind(rec, {k: leaves[k] for k in tensors}, {k: leaves[k] for k in init})
+        outs, fins = runner(bound)
+        loss = (outs["y"] * torch.linspace(-1, 1, outs["y"].numel()).view_as(outs["y"])).sum()
+        results.append((outs["y"].detach(), torch.autograd.grad(loss, list(leaves.values()))))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, **FP64)
+    for gw, gg in zip(want_grads, got_grads):
+        torch.testing.assert_close(gg, gw, **FP64)

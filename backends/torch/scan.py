@@ -305,21 +305,17 @@ def _vector_states(scan: _Scan, bound: Bound, inputs, shapes, nc: int, L: int, T
     # unbound once: slicing step i out of a tensor L times would cost autograd a
     # full-size gradient per slice; unbind's backward stacks them once
     steps = _unbind_steps(scan.step_maps(env, whole, valid), L)
-
-    def at(i: int):
-        return steps[i]
-
     # pass 1: every chunk's map, composed step by step from the identity
-    summary = at(0)
+    summary = steps[0]
     for i in range(1, L):
-        summary = scan.compose(summary, at(i))
+        summary = scan.compose(summary, steps[i])
     entering, finals = _carry(scan, bound, summary, nc)
     # pass 2: the states, all chunks at once from their entering states (stacked,
     # not written into a buffer in place: autograd would copy the buffer per step)
     current = {k: torch.broadcast_to(v, shapes[k]) for k, v in entering.items()}
     history: dict[str, list[torch.Tensor]] = {k: [] for k in entering}
     for i in range(L):
-        current = scan.apply(at(i), current)
+        current = scan.apply(steps[i], current)
         for k, v in current.items():
             history[k].append(torch.broadcast_to(v, shapes[k]))
     states = {k: torch.stack(vs, dim=2) for k, vs in history.items()}
@@ -327,10 +323,7 @@ def _vector_states(scan: _Scan, bound: Bound, inputs, shapes, nc: int, L: int, T
     out_env = dict(env)
     if scan.dependent_lets:
         old = {
-            k: torch.cat([entering[k].unsqueeze(2), v[:, :, :-1]], dim=2)
-            if L > 1
-            else entering[k].unsqueeze(2)
-            for k, v in states.items()
+            k: torch.cat([entering[k].unsqueeze(2), v[:, :, :-1]], dim=2) for k, v in states.items()
         }
         let_env = {**env, **{k: torch.broadcast_to(v, whole[k]) for k, v in old.items()}}
         for let in scan.dependent_lets:
