@@ -113,6 +113,15 @@ CASES = [
         1,
     ),
     (
+        # a readout may be any function of the state: only what the updates
+        # read decides the class
+        "nonlinear readout let",
+        "state h[D] = 0\n let g = tanh(h)\n update h = sigmoid(k) * h + v\n output y = g * h",
+        "diagonal",
+        "diagonal",
+        1,
+    ),
+    (
         "relu scaled",
         "state h[D] = 0\n update h = relu(k * h + v)\n output h",
         "nonlinear",

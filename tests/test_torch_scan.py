@@ -137,7 +137,7 @@ recurrence readout_let {
   input k[D], v[D]
   state h[D] = 0
   let z = sigmoid(k)
-  let g = h * z + v              # reads the old state
+  let g = tanh(h) * z + v        # reads the old state; only the output does
   update h = (1 - z) * h + z * v
   output y = h * g + h
 }

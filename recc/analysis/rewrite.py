@@ -196,6 +196,21 @@ def state_dependent_lets(rec: Recurrence, names: set[str]) -> set[str]:
     return dependent
 
 
+def lets_read_by_updates(rec: Recurrence) -> set[str]:
+    """Lets the updates read, directly or through other lets (not those only
+    the outputs read: a readout may be any function of the state)."""
+    names = {let.name for let in rec.lets}
+
+    def reads(expr: Expr) -> set[str]:
+        return {n.name for n in walk(expr) if isinstance(n, Ref) and n.name in names}
+
+    needed = set().union(*(reads(u.expr) for u in rec.updates))
+    for let in reversed(rec.lets):  # a let reads only lets defined before it
+        if let.name in needed:
+            needed |= reads(let.expr)
+    return needed
+
+
 def substitute(rec: Recurrence, expr: Expr, bindings: dict[str, Expr]) -> Expr:
     """`expr` with names replaced by `bindings`; dependent lets are inlined."""
     env: dict[str, Any] = {}
@@ -249,7 +264,8 @@ def abstract_updates(rec: Recurrence, ops: AbstractOps, states: dict[str, Any]) 
     """Evaluate every update with `states` bound to abstract values.
 
     Inputs, params and other states are free references; a let whose value
-    comes out state-free stays a reference to the let.
+    comes out state-free stays a reference to the let. Lets that no update
+    reads are skipped: they cannot change the transition's form.
     """
     env: dict[str, Any] = {}
     for decl in rec.inputs:
@@ -258,7 +274,10 @@ def abstract_updates(rec: Recurrence, ops: AbstractOps, states: dict[str, Any]) 
         env[decl.name] = ops.free(Ref(decl.dims, decl.name, PARAM))
     for s in rec.states:
         env[s.name] = states.get(s.name, ops.free(Ref(s.dims, s.name, STATE)))
+    needed = lets_read_by_updates(rec)
     for let in rec.lets:
+        if let.name not in needed:
+            continue
         value = evaluate(let.expr, env, ops)
         env[let.name] = ops.free(Ref(let.expr.dims, let.name, LET)) if ops.is_free(value) else value
     return {u.name: evaluate(u.expr, env, ops) for u in rec.updates}
