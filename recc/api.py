@@ -157,9 +157,10 @@ def compile(  # noqa: A001
     "torch" (the chunked scan, any device) or "interpreter" (the reference).
 
     `torch_compile=True` runs the torch backend's scan under `torch.compile`
-    (inductor): its few hundred small ops fuse into a few loops, about 2x
-    faster on a CPU, after a compile of tens of seconds on the first call with
-    each new input shape (and again on the first backward).
+    (inductor): its few hundred small ops fuse into a few loops (on this
+    project's 2-core CPU 1.5-1.7x faster forward, ~2x forward+backward; see
+    docs/scan-lowering.md), after a compile of seconds to tens of seconds on
+    the first call with each new input shape (and again on the first backward).
     """
     if backend not in BACKENDS:
         raise RecError(f"unknown backend '{backend}'", hint=f"choose one of: {', '.join(BACKENDS)}")
