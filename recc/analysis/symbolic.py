@@ -30,8 +30,8 @@ class sigmoid(sympy.Function):  # noqa: N801 - named like the spec function
     def _eval_is_extended_real(self):
         return self.args[0].is_extended_real
 
-    def _eval_is_positive(self):
-        return True if self.args[0].is_extended_real else None
+    def _eval_is_positive(self):  # 0 only at -oo, which eval folds
+        return True if self.args[0].is_real else None
 
     def fdiff(self, argindex=1):
         s = sigmoid(self.args[0])
@@ -48,8 +48,8 @@ class softplus(sympy.Function):  # noqa: N801
     def _eval_is_extended_real(self):
         return self.args[0].is_extended_real
 
-    def _eval_is_positive(self):
-        return True if self.args[0].is_extended_real else None
+    def _eval_is_positive(self):  # 0 only at -oo, which eval folds
+        return True if self.args[0].is_real else None
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
