@@ -18,14 +18,19 @@ column against each recc path.
 The floor is the bytes that must move (k and v read once, out written once)
 over this machine's measured copy bandwidth.
 
-Then Mamba S6 (N = 16): peak resident memory of the forward pass, measured in
-a fresh subprocess, against the size of the [B, T, D, N] state history.
+Then Mamba S6 (N = 16): peak resident memory of the forward pass, and of
+forward + backward, each measured in a fresh subprocess, against the size of
+the [B, T, D, N] state history. glibc keeps freed large blocks in its heap
+(its mmap threshold grows with use), which inflates the resident size well
+past the live tensors; the probes run with MALLOC_MMAP_THRESHOLD_=65536 so
+that freed tensors leave the resident set and the peak measures live memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -180,6 +185,7 @@ def mingru_table(B: int, T: int, D: int, repeats: int, compile_peers: bool) -> l
 MEMORY_PROBE = """
 import json, sys, threading, time, torch, recc
 B, T, D, N = map(int, sys.argv[1:5])
+backward = sys.argv[6] == "backward"
 
 def rss() -> int:
     with open("/proc/self/statm") as f:
@@ -190,9 +196,15 @@ fn = recc.compile("specs/mamba_s6.rec", backend=sys.argv[5])
 sizes = dict(D=D, N=N)
 args = {i.name: torch.randn(B, T, *[sizes[d] for d in i.dims], generator=g) for i in fn.spec.inputs}
 args.update({p.name: -torch.rand(*[sizes[d] for d in p.dims], generator=g) for p in fn.spec.params})
-small = {k: (v[:, :8] if k in {i.name for i in fn.spec.inputs} else v) for k, v in args.items()}
-with torch.no_grad():
-    fn(**small)  # loads torch's kernels and threads: not the scan's memory
+if backward:
+    args = {k: v.requires_grad_() for k, v in args.items()}
+# a warm-up call on separate small leaves (so that no .grad exists before the run)
+small = {
+    k: (v[:, :8] if k in {i.name for i in fn.spec.inputs} else v).detach().requires_grad_(backward)
+    for k, v in args.items()
+}
+with torch.set_grad_enabled(backward):
+    fn(**small).sum().backward() if backward else fn(**small)  # loads kernels and threads
 peak, done = [0], [False]
 
 def sample() -> None:
@@ -203,8 +215,10 @@ def sample() -> None:
 base = rss()
 thread = threading.Thread(target=sample)
 thread.start()
-with torch.no_grad():
+with torch.set_grad_enabled(backward):
     y = fn(**args)
+    if backward:
+        y.sum().backward()
 done[0] = True
 thread.join()
 print(json.dumps({"peak_increase_bytes": max(peak[0], rss()) - base}))
@@ -212,17 +226,21 @@ print(json.dumps({"peak_increase_bytes": max(peak[0], rss()) - base}))
 
 
 def mamba_memory(B: int, T: int, D: int, N: int) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, str(B), str(T), str(D), str(N), "torch"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-    )
-    peak = json.loads(result.stdout)["peak_increase_bytes"]
+    peaks = {}
+    for mode in ("forward", "backward"):
+        result = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(B), str(T), str(D), str(N), "torch", mode],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+        )
+        peaks[mode] = json.loads(result.stdout)["peak_increase_bytes"]
     return {
         "shape": f"B={B} T={T} D={D} N={N}",
-        "peak_increase_MB": peak / 2**20,
+        "peak_increase_MB": peaks["forward"] / 2**20,
+        "peak_increase_backward_MB": peaks["backward"] / 2**20,
         "state_history_MB": B * T * D * N * 4 / 2**20,
         "outputs_MB": B * T * D * 4 / 2**20,
     }
@@ -249,6 +267,7 @@ def main() -> None:
     mem = mamba_memory(B=4, T=T, D=256, N=16)
     print(f"\nMamba S6 forward memory ({mem['shape']}, torch backend, fresh process):")
     print(f"  peak RSS increase        {mem['peak_increase_MB']:8.1f} MB")
+    print(f"    forward + backward     {mem['peak_increase_backward_MB']:8.1f} MB")
     print(f"  the output y [B, T, D]   {mem['outputs_MB']:8.1f} MB")
     print(f"  [B, T, D, N] states      {mem['state_history_MB']:8.1f} MB (never materialised)")
 

@@ -177,3 +177,39 @@ def test_state_dependent_let_reads_the_old_state(spec, chunk):
     torch.testing.assert_close(got, want, **FP64)
     for gw, gg in zip(want_grads, got_grads):
         torch.testing.assert_close(gg, gw, **FP64)
+
+
+def test_expanded_state_backward_does_not_keep_the_state_history():
+    """Mamba's [D, N] state under autograd: what the forward saves for the
+    backward (counted by a saved-tensors hook) stays far below the [B, T, D, N]
+    state history; the checkpointed segments recompute it instead."""
+    path = next(p for p in SCAN_SPECS if p.stem == "mamba_s6")
+    rec = load(path)
+    sizes = {"D": 16, "N": 8}
+    B, T = 2, 256
+    g = torch.Generator().manual_seed(0)
+    leaves = {
+        i.name: torch.randn(B, T, *[sizes[d] for d in i.dims], generator=g, dtype=torch.float64)
+        for i in rec.inputs
+    }
+    leaves.update(
+        {
+            p.name: -torch.rand(*[sizes[d] for d in p.dims], generator=g, dtype=torch.float64)
+            for p in rec.params
+        }
+    )
+    leaves = {k: v.requires_grad_() for k, v in leaves.items()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outs, _ = run_scan(rec, analyze(rec), bind(rec, leaves))
+    history = B * T * sizes["D"] * sizes["N"] * 8
+    inputs = sum(v.numel() * 8 for k, v in leaves.items())
+    saved = sum(storages.values())
+    assert saved < history / 4, (saved, inputs, history)
+    outs["y"].sum().backward()  # and the recomputing backward runs
+    assert all(v.grad is not None for v in leaves.values())

@@ -63,9 +63,9 @@ class _Scan:
         self.dependent_lets = [let for let in rec.lets if let.name in dependent]
 
     # ---- per-step coefficients ----
-    def env_at(self, inputs: dict[str, torch.Tensor], i: int) -> dict[str, Any]:
-        """Step i of every chunk: values `[B, nc, (H), ...]`."""
-        return self.env_whole({name: x[:, :, i] for name, x in inputs.items()})
+    def env_at(self, steps: dict[str, tuple[torch.Tensor, ...]], i: int) -> dict[str, Any]:
+        """Step i of every chunk, from inputs unbound along the step axis."""
+        return self.env_whole({name: x[i] for name, x in steps.items()})
 
     def env_whole(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Inputs, params and state-free lets at any leading batch axes."""
@@ -340,29 +340,64 @@ def _vector_states(scan: _Scan, bound: Bound, inputs, shapes, nc: int, L: int, T
 def _expanded_states(scan: _Scan, bound: Bound, inputs, shapes, nc: int, L: int, valid_at):
     """States larger than a step's inputs (Mamba's [D, N]): never stored over time.
 
-    Each step's gates are recomputed from the inputs in both passes, so memory
-    stays O(inputs + outputs + one step of state per chunk).
+    Each step's gates are recomputed from the inputs in both passes, so the
+    forward's memory stays O(inputs + outputs + one step of state per chunk).
+    Under autograd both passes run in segments of ~sqrt(L) steps whose
+    insides are recomputed in the backward instead of stored: the backward
+    keeps ~2 sqrt(L) steps of state per chunk, O(B T S / sqrt(L)), not the
+    O(B T S) state history plain autograd would keep.
     """
     B = bound.B
     heads = bound.batch_heads
     rec = scan.rec
+    segment = math.isqrt(L - 1) + 1  # ceil(sqrt(L))
+    starts = range(0, L, segment)
+    tensors = [*inputs.values(), *bound.params.values(), *bound.initial_state.values()]
+    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    # step views made once: slicing step i out of an input in every step would
+    # cost autograd a full-size gradient per slice; unbind's backward stacks once
+    steps = {name: x.unbind(2) for name, x in inputs.items()}
+
+    def run(fn, *args):
+        if recompute:
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    # pass 1: every chunk's map, composed step by step from the identity
+    def compose_steps(summary, start: int):
+        for i in range(start, min(start + segment, L)):
+            maps = scan.step_maps(scan.env_at(steps, i), shapes, valid_at(i))
+            summary = maps if summary is None else scan.compose(summary, maps)
+        return summary
+
     summary = None
-    for i in range(L):
-        maps = scan.step_maps(scan.env_at(inputs, i), shapes, valid_at(i))
-        summary = maps if summary is None else scan.compose(summary, maps)
+    for start in starts:
+        summary = run(compose_steps, summary, start)
     entering, finals = _carry(scan, bound, summary, nc)
+
+    # pass 2: states and outputs, all chunks at once from their entering states
+    def run_steps(states, start: int):
+        ys: dict[str, list[torch.Tensor]] = {o.name: [] for o in rec.outputs}
+        for i in range(start, min(start + segment, L)):
+            env = scan.env_at(steps, i)
+            maps = scan.step_maps(env, shapes, None)  # padded steps' outputs are dropped
+            env = dict(env)
+            env.update(states)
+            for let in scan.dependent_lets:
+                env[let.name] = evaluate(let.expr, env, scan.ops)
+            states = {
+                k: torch.broadcast_to(v, shapes[k]) for k, v in scan.apply(maps, states).items()
+            }
+            out_env = {**env, **states}
+            for o in rec.outputs:
+                shape = (B, nc, *heads, *bound.shape_of(o.expr.dims))
+                ys[o.name].append(torch.broadcast_to(evaluate(o.expr, out_env, scan.ops), shape))
+        return states, ys
+
     states = entering
     per_step: dict[str, list[torch.Tensor]] = {o.name: [] for o in rec.outputs}
-    for i in range(L):
-        env = scan.env_at(inputs, i)
-        maps = scan.step_maps(env, shapes, None)  # padded steps' outputs are dropped
-        env = dict(env)
-        env.update(states)
-        for let in scan.dependent_lets:
-            env[let.name] = evaluate(let.expr, env, scan.ops)
-        states = {k: torch.broadcast_to(v, shapes[k]) for k, v in scan.apply(maps, states).items()}
-        out_env = {**env, **states}
-        for o in rec.outputs:
-            shape = (B, nc, *heads, *bound.shape_of(o.expr.dims))
-            per_step[o.name].append(torch.broadcast_to(evaluate(o.expr, out_env, scan.ops), shape))
+    for start in starts:
+        states, ys = run(run_steps, states, start)
+        for name, values in ys.items():
+            per_step[name].extend(values)
     return finals, {name: torch.stack(ys, dim=2) for name, ys in per_step.items()}
