@@ -110,67 +110,84 @@ def make_jax_scan():
     return run, jnp
 
 
+def interleaved(contenders: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of every contender, taken round-robin (one call of
+    each per round, after a warm-up call each) so that a slow phase of this
+    shared machine hits all of them alike."""
+    for fn in contenders.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def mingru_table(B: int, T: int, D: int, repeats: int, compile_peers: bool) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     k = torch.randn(B, T, D, generator=g)
     v = torch.randn(B, T, D, generator=g)
     w = torch.randn(B, T, D, generator=g)
-    fn = recc.compile(ROOT / "specs" / "mingru.rec", backend="torch")
+    spec = ROOT / "specs" / "mingru.rec"
     reference = python_loop(k, v)
-    torch.testing.assert_close(fn(k=k, v=v), reference, rtol=1e-4, atol=1e-4)
-
-    rows = []
-    t_recc = best_of(lambda: fn(k=k, v=v), repeats)
-    rows.append({"contender": "recc torch", "pass": "forward", "seconds": t_recc})
-    fast = None
+    eager = recc.compile(spec, backend="torch")
+    forward = {"recc torch": lambda: eager(k=k, v=v)}
+    recc_paths = {"recc torch": eager}
     if compile_peers:
-        fast = recc.compile(ROOT / "specs" / "mingru.rec", backend="torch", torch_compile=True)
-        torch.testing.assert_close(fast(k=k, v=v), reference, rtol=1e-4, atol=1e-4)
-        t = best_of(lambda: fast(k=k, v=v), repeats)
-        rows.append({"contender": "recc torch+compile", "pass": "forward", "seconds": t})
-    t = best_of(lambda: python_loop(k, v), repeats)
-    rows.append({"contender": "python loop", "pass": "forward", "seconds": t})
+        fast = recc.compile(spec, backend="torch", torch_compile=True)
+        recc_paths["recc torch+compile"] = fast
+        forward["recc torch+compile"] = lambda: fast(k=k, v=v)
+    forward["python loop"] = lambda: python_loop(k, v)
     if compile_peers:
         scan = make_torch_assoc_scan()
-        torch.testing.assert_close(scan(k, v), reference, rtol=1e-4, atol=1e-4)
-        t = best_of(lambda: scan(k, v), repeats)
-        rows.append({"contender": "torch assoc. scan (compiled)", "pass": "forward", "seconds": t})
+        forward["torch assoc. scan (compiled)"] = lambda: scan(k, v)
     jax_scan = make_jax_scan()
     if jax_scan is not None:
         run, jnp = jax_scan
         kj, vj = jnp.asarray(k.numpy()), jnp.asarray(v.numpy())
-        t = best_of(lambda: run(kj, vj), repeats)
-        rows.append({"contender": "jax assoc. scan (jit)", "pass": "forward", "seconds": t})
-    else:
-        rows.append({"contender": "jax assoc. scan (jit)", "pass": "forward", "seconds": None})
+        forward["jax assoc. scan (jit)"] = lambda: run(kj, vj)
+    for name, fn in forward.items():  # every contender computes the same thing
+        if not name.startswith("jax"):
+            torch.testing.assert_close(fn(), reference, rtol=1e-4, atol=1e-4, msg=name)
 
     kg, vg = k.clone().requires_grad_(), v.clone().requires_grad_()
 
-    def recc_fwd_bwd():
-        kg.grad = vg.grad = None
-        (fn(k=kg, v=vg) * w).sum().backward()
+    def fwd_bwd(path):
+        def run_once():
+            kg.grad = vg.grad = None
+            (path(k=kg, v=vg) * w).sum().backward()
+
+        return run_once
 
     def loop_fwd_bwd():
         kg.grad = vg.grad = None
         python_loop(kg, vg, w)
 
-    t_recc_fb = best_of(recc_fwd_bwd, repeats)
-    rows.append({"contender": "recc torch", "pass": "fwd+bwd", "seconds": t_recc_fb})
-    if fast is not None:
+    backward = {name: fwd_bwd(path) for name, path in recc_paths.items()}
+    backward["python loop"] = loop_fwd_bwd
 
-        def fast_fwd_bwd():
-            kg.grad = vg.grad = None
-            (fast(k=kg, v=vg) * w).sum().backward()
-
-        t = best_of(fast_fwd_bwd, repeats)
-        rows.append({"contender": "recc torch+compile", "pass": "fwd+bwd", "seconds": t})
-    rows.append(
-        {"contender": "python loop", "pass": "fwd+bwd", "seconds": best_of(loop_fwd_bwd, repeats)}
-    )
+    rows = []
+    # autograd through the Python loop takes seconds a call: fewer rounds there
+    passes = (("forward", forward, repeats), ("fwd+bwd", backward, max(3, repeats // 3)))
+    for pass_name, contenders, rounds in passes:
+        for name, seconds in interleaved(contenders, rounds).items():
+            ordered = sorted(seconds)
+            rows.append(
+                {
+                    "contender": name,
+                    "pass": pass_name,
+                    "seconds": ordered[0],
+                    "median": ordered[len(ordered) // 2],
+                }
+            )
+    if jax_scan is None:
+        rows.append({"contender": "jax assoc. scan (jit)", "pass": "forward", "seconds": None})
     bases = {
         (row["contender"], row["pass"]): row["seconds"]
         for row in rows
-        if row["contender"].startswith("recc")
+        if row["contender"] in recc_paths
     }
     floor = 3 * B * T * D * 4 / copy_bandwidth(64 * 2**20)
     rows.append({"contender": "memory floor", "pass": "forward", "seconds": floor})
@@ -252,12 +269,16 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile peer")
     args = parser.parse_args()
     B, T, D = 4, (1024 if args.quick else 4096), 256
-    repeats = 3 if args.quick else 7
+    repeats = 5 if args.quick else 15
     print(f"minGRU forward/backward, fp32, B={B} T={T} D={D}, {torch.get_num_threads()} threads")
     rows = mingru_table(B, T, D, repeats, not args.no_compile)
-    print(f"{'contender':30} {'pass':8} {'ms':>9} {'x recc torch':>13} {'x +compile':>11}")
+    print("contenders interleaved round-robin; best and median per contender; ratios of bests")
+    header = f"{'contender':30} {'pass':8} {'ms':>9} {'median':>9}"
+    print(f"{header} {'x recc torch':>13} {'x +compile':>11}")
     for row in rows:
         ms = "n/a" if row["seconds"] is None else f"{row['seconds'] * 1e3:9.2f}"
+        med = f"{row['median'] * 1e3:9.2f}" if row.get("median") else ""
+        ms = f"{ms:>9} {med:>9}"
         ratios = "".join(
             f" {'':>{w}}" if row[p] is None else f" {row[p]:{w}.2f}"
             for p, w in (("recc torch", 13), ("recc torch+compile", 11))
