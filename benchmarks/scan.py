@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -113,12 +114,18 @@ def make_jax_scan():
 def interleaved(contenders: dict, repeats: int) -> dict[str, list[float]]:
     """Seconds per call of every contender, taken round-robin (one call of
     each per round, after a warm-up call each) so that a slow phase of this
-    shared machine hits all of them alike."""
+    shared machine hits all of them alike. The order is shuffled every round:
+    a contender that leaves threads spinning (XLA's pool does) or caches cold
+    must not always slow down the same neighbour."""
     for fn in contenders.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
+    order = list(contenders)
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for name, fn in contenders.items():
+        shuffle(order)
+        for name in order:
+            fn = contenders[name]
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
