@@ -36,7 +36,8 @@ class LoweringPlan:
             return f"{self.algorithm} planned; runs on the interpreter until its backend lands"
         return (
             f"{self.algorithm} on {', '.join(self.backends)} "
-            "(default: triton for CUDA tensors, else torch)"
+            "(default: triton for CUDA tensors, else torch; "
+            "torch_compile=True fuses the torch scan with torch.compile)"
         )
 
 
