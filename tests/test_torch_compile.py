@@ -77,6 +77,20 @@ def test_compiled_scan_takes_new_lengths():
         torch.testing.assert_close(compiled(**tensors), reference(**tensors), **FP64)
 
 
+def test_every_compiled_recurrence_gets_its_own_graphs():
+    """Dynamo's recompile limit (8) counts per code object: ten compiled
+    recurrences in one process must each compile, none fall back to eager."""
+    from torch._dynamo.utils import counters
+
+    path = SPECS[0].parent / "mingru.rec"
+    tensors, _ = random_call(load(path), positive=True, T=6, seed=6)
+    for _ in range(10):
+        fn = recc.compile(path, backend="torch", torch_compile=True)
+        before = counters["stats"]["unique_graphs"]
+        fn(**tensors)
+        assert counters["stats"]["unique_graphs"] == before + 1
+
+
 def test_torch_compile_needs_the_torch_backend():
     with pytest.raises(RecError, match="torch_compile=True needs the torch backend"):
         recc.compile(SPECS[0].parent / "gru.rec", torch_compile=True)

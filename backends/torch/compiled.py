@@ -14,6 +14,7 @@ too, on the first backward call.
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import torch
 from torch._dynamo.exc import TorchDynamoException
@@ -35,10 +36,13 @@ class CompiledScan:
 
     def __init__(self, rec: Recurrence, analysis: Analysis) -> None:
         self.rec, self.analysis = rec, analysis
-        self._compiled = torch.compile(self._scan, dynamic=False, options=INDUCTOR_OPTIONS)
 
-    def _scan(self, bound: Bound):
-        return run_scan(self.rec, self.analysis, bound)
+        def scan(bound: Bound):
+            return run_scan(rec, analysis, bound)
+
+        self._compiled = torch.compile(
+            _own_code(scan, f"recc_scan_{rec.name}"), dynamic=False, options=INDUCTOR_OPTIONS
+        )
 
     def __call__(self, bound: Bound):
         # A fresh Bound per call: dynamo guards on its tensors, not on its identity.
@@ -53,3 +57,14 @@ class CompiledScan:
                 hint="call recc.compile(..., torch_compile=False) to run the same scan eagerly "
                 "(torch.compile on a CPU needs a working C++ compiler)",
             ) from err
+
+
+def _own_code(fn: types.FunctionType, name: str) -> types.FunctionType:
+    """`fn` with a code object of its own.
+
+    Dynamo keeps its compiled graphs, and counts recompiles against its limit
+    (8), per code object. Every CompiledScan would otherwise share one: the
+    ninth spec or shape compiled in a process would silently run eagerly.
+    """
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
