@@ -4,7 +4,8 @@ Stage: backend (torch). `run_scan` issues a few hundred small tensor ops per
 call; under inductor the gates, both passes and the carry fuse into a handful
 of generated C++ (CPU) or Triton (GPU) loops. The price is a compile on the
 first call for every new input shape, dtype or device (tens of seconds on a
-CPU; torch's recompile limit then falls back to eager), so this is opt-in:
+CPU; after 8 shapes of one recurrence torch's recompile limit runs further
+shapes eagerly, with a warning), so this is opt-in:
 `recc.compile(spec, backend="torch", torch_compile=True)`.
 
 Autograd works as for any compiled torch function: the backward is compiled
