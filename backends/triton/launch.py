@@ -80,6 +80,17 @@ class ScanKernel:
             n_c = -(-bound.sizes[self.plan.blocked] // blocks[self.plan.blocked])
         return blocks, n_c, (bound.B * (bound.H or 1), n_c)
 
+    def _inputs_and_params(self, bound: Bound) -> dict[str, tuple[torch.Tensor, set[str]]]:
+        """Every input and param with the launch axes it varies along (b, t, h)."""
+        heads = set() if bound.H is None else {"h"}
+        tensors: dict[str, tuple[torch.Tensor, set[str]]] = {}
+        for name, _ in self.plan.inputs:
+            tensors[name] = (bound.inputs[name], {"b", "t"} | heads)
+        for name, dims in self.plan.params:
+            p = bound.params[name]
+            tensors[name] = (p, {"h"} if p.dim() > len(dims) else set())
+        return tensors
+
     def _launch(self, kernel, args, tensors, bound: Bound, blocks, grid, **flags) -> None:
         import triton.language as tl
 
@@ -109,12 +120,7 @@ class ScanKernel:
         heads = set() if bound.H is None else {"h"}
         step, batch = {"b", "t"} | heads, {"b"} | heads
         n_k = max(1, -(-T // blocks["T"]))
-        tensors: dict[str, tuple[torch.Tensor, set[str]]] = {}
-        for name, _ in plan.inputs:
-            tensors[name] = (bound.inputs[name], step)
-        for name, dims in plan.params:
-            p = bound.params[name]
-            tensors[name] = (p, {"h"} if p.dim() > len(dims) else set())
+        tensors = self._inputs_and_params(bound)
         outputs, finals, ckpts = {}, {}, {}
         for name, dims in plan.states:
             tensors[f"{name}_init"] = (bound.initial_state[name], batch)
@@ -158,12 +164,7 @@ class ScanKernel:
         heads = set() if bound.H is None else {"h"}
         step, batch = {"b", "t"} | heads, {"b"} | heads
         dev, dt = bound.device, bound.compute_dtype
-        tensors: dict[str, tuple[torch.Tensor, set[str]]] = {}
-        for name, _ in plan.inputs:
-            tensors[name] = (bound.inputs[name], step)
-        for name, dims in plan.params:
-            p = bound.params[name]
-            tensors[name] = (p, {"h"} if p.dim() > len(dims) else set())
+        tensors = self._inputs_and_params(bound)
         for name, dims in plan.states:
             tensors[f"{name}_ckpt"] = (ckpts[name], {"b", "h", "k"})
             shape = (B, *bound.batch_heads, *bound.shape_of(dims))
