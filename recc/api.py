@@ -14,6 +14,7 @@ import torch
 
 from recc import interpreter
 from recc.analysis import Analysis, analyze
+from recc.analysis.classify import linear_states
 from recc.backends.torch import run_scan
 from recc.errors import RecError
 from recc.ir import Recurrence, load
@@ -96,7 +97,14 @@ class CompiledRecurrence:
         if args:
             example = ", ".join(f"{i.name}=..." for i in self.spec.inputs)
             raise RecError(f"pass tensors by name, e.g. fn({example})")
-        bound = bind(self.spec, tensors, initial_state, check_nan)
+        for flag, value in (("output_final_state", output_final_state), ("check_nan", check_nan)):
+            if not isinstance(value, bool):
+                raise RecError(
+                    f"{flag} must be True or False, got {value!r}",
+                    hint=f"pass {flag}=True or {flag}=False",
+                )
+        finite = linear_states(self.analysis.form)
+        bound = bind(self.spec, tensors, initial_state, check_nan, finite_states=finite)
         backend = self.backend_for(bound.device)
         if backend == TRITON:
             outputs, finals = self._run_triton(bound, tensors, initial_state)

@@ -9,8 +9,11 @@ Stage: top level. Commands:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -21,7 +24,10 @@ from recc.errors import RecError
 from recc.ir import load
 from recc.lowering import plan
 from recc.report import explain as explain_text
+from recc.testing.regimes import LENGTHS, REGIMES
 from recc.verify import TOLERANCE, check
+
+REGIME_ORDER = [r.name for r in REGIMES]
 
 
 def _spec_paths(paths: tuple[str, ...]) -> list[Path]:
@@ -106,11 +112,7 @@ def build(path: str, out_dir: str) -> None:
                 hint="it still runs through recc.compile() "
                 f"on: {', '.join(b for b in lowering.backends if b != 'triton')}",
             ) from None
-        target = Path(out_dir) / f"{rec.name}.py"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".py.tmp")
-        tmp.write_text(source)
-        tmp.replace(target)
+        target = _write_module(Path(out_dir), rec.name, source)
         click.echo(explain_text(rec, analysis, lowering))
         click.echo(
             f"\nwrote {target} ({len(source.splitlines())} lines): Triton forward and "
@@ -124,18 +126,57 @@ def build(path: str, out_dir: str) -> None:
         sys.exit(3)
 
 
+def _write_module(folder: Path, name: str, source: str) -> Path:
+    """Write `folder/<name>.py` atomically (a unique temporary file, then a rename, so
+    concurrent builds into one folder never see half a file); a folder that cannot
+    hold it is a RecError that says why."""
+    if folder.exists() and not folder.is_dir():
+        raise RecError(
+            f"-o {folder} is a file, not a folder",
+            hint="pass the folder to write the module into (it is created if missing)",
+        )
+    target = folder / f"{name}.py"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name[:40]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(source)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        hint = "choose a folder you can write to with -o"
+        if err.errno == errno.ENAMETOOLONG:
+            hint = "the recurrence's name is too long for a file name: shorten it"
+        raise RecError(f"cannot write {target}: {reason}", hint=hint) from None
+    return target
+
+
 @main.command("check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--seed", default=0, show_default=True, help="Seed for the random inputs.")
 @click.option("--explain", "with_explain", is_flag=True, help="Print each spec's explanation.")
-def check_command(paths: tuple[str, ...], seed: int, with_explain: bool) -> None:
-    """Run every executor of each spec against the interpreter (fp64, random inputs)."""
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    type=click.Choice(["torch", "triton"]),
+    help="Check only this backend (repeat for several); default: every one that runs here.",
+)
+def check_command(
+    paths: tuple[str, ...], seed: int, with_explain: bool, backends: tuple[str, ...]
+) -> None:
+    """Run every executor of each spec against the interpreter (fp64, adversarial regimes)."""
     rows = []
     results = []
     status = 0
     for path in _spec_paths(paths):
         try:
-            result = check(load(path), seed=seed)
+            result = check(load(path), seed=seed, backends=backends or None)
             results.append(result)
         except RecError as err:
             click.echo(str(err), err=True)
@@ -155,16 +196,15 @@ def check_command(paths: tuple[str, ...], seed: int, with_explain: bool) -> None
             status = max(status, 1)
         if with_explain:
             click.echo(explain_text(result.rec, a, result.plan) + "\n")
+        ran = ", ".join(result.checked)
+        not_run = "".join(f"; {b} not run" for b in result.skipped)
         rows.append(
             (
                 path.stem,
                 kind,
                 a.jacobian.describe(),
                 result.plan.algorithm,
-                f"{verdict} (form {result.form_error:.0e}"
-                + "".join(f", {b} {e:.0e}" for b, e in result.backend_errors.items())
-                + "".join(f", {b} not run" for b in result.skipped)
-                + ")",
+                f"{verdict} ({ran}{not_run})",
                 f"{result.seconds:.2f}s",
             )
         )
@@ -172,11 +212,19 @@ def check_command(paths: tuple[str, ...], seed: int, with_explain: bool) -> None
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    for result in results:
+        for failure in result.failures:
+            click.echo(f"\nMISMATCH {result.rec.name}: {failure}")
     n_ok = sum(1 for r in rows if r[4].startswith("ok"))
+    regimes = sorted({name for r in results for name in r.regimes}, key=REGIME_ORDER.index)
     click.echo(
-        f"\n{n_ok} of {len(rows)} specs agree with the interpreter to {TOLERANCE:g} "
-        "(fp64, random inputs):\n  form = the canonical form, step by step;\n"
-        "  torch, triton = the backend's outputs, final states and all gradients."
+        f"\n{n_ok} of {len(rows)} specs agree with the interpreter (fp64; NaN and inf at "
+        f"the same places, finite values to {TOLERANCE:g} relative; where the "
+        "interpreter overflows, outputs up to that step)\n"
+        f"  in the regimes {', '.join(regimes)} at T = {', '.join(map(str, LENGTHS))}:\n"
+        "  form = the canonical form, step by step;\n"
+        "  torch, triton = the backend's outputs, final states and all gradients\n"
+        "  (gradients where the interpreter's results hold no NaN; see recc.testing.agree)."
     )
     reasons = {r for row in results for r in row.skipped.items()}
     for backend, reason in sorted(reasons):

@@ -60,6 +60,7 @@ class RecError(Exception):
             text_lines = self.source.split("\n")
             if 0 < self.span.line <= len(text_lines):
                 text = text_lines[self.span.line - 1].rstrip("\r").expandtabs(1)
+                text = "".join("?" if ord(c) < 32 or ord(c) == 127 else c for c in text)
                 column = max(self.span.column, 1)
                 if self.span.end_line == self.span.line:
                     width = max(1, self.span.end_column - column)

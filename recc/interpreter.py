@@ -99,6 +99,8 @@ _UNARY = {
     "sqrt": torch.sqrt,
     "abs": torch.abs,
 }
+# Every elementwise operator, as the analysis folds constants with it too.
+ELEMENTWISE = {**_BINARY, **_UNARY}
 
 
 def run(rec: Recurrence, bound: Bound) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -54,11 +54,18 @@ def _layout(dims: tuple[str, ...], lead: str) -> str:
 _TIME_HINT = "inputs are batch-first, time second: [batch, time, (heads,) *dims]"
 
 
-def _check_tensor(kind: str, name: str, value: Any, check_nan: bool = True) -> torch.Tensor:
+def _check_tensor(kind: str, name: str, value: Any) -> torch.Tensor:
+    """Type, dtype and layout; the values are checked once devices agree (`_check_values`)."""
     if not isinstance(value, torch.Tensor):
         raise RecError(
             f"{kind} '{name}' must be a torch.Tensor, got {type(value).__name__}",
             hint="convert it with torch.as_tensor(...)",
+        )
+    if value.layout != torch.strided:
+        raise RecError(
+            f"{kind} '{name}' is a {str(value.layout).removeprefix('torch.')} tensor; "
+            "recc takes dense (strided) tensors",
+            hint=f"pass {name}.to_dense()",
         )
     if value.dtype not in _FLOATS:
         raise RecError(
@@ -66,20 +73,32 @@ def _check_tensor(kind: str, name: str, value: Any, check_nan: bool = True) -> t
             "float32 or float64",
             hint=f"cast it, e.g. {name}.float()",
         )
-    if check_nan and _has_nan(value):
-        raise RecError(
-            f"{kind} '{name}' contains NaN",
-            hint="recc rejects NaN in inputs, params and initial states (inf is allowed)",
-        )
     return value
 
 
-def _has_nan(value: torch.Tensor) -> bool:
-    """NaN anywhere? One reduction; the exact test runs only if the sum is NaN
-    (which inf - inf also gives)."""
-    if value.numel() == 0 or not torch.isnan(value.sum()):
-        return False
-    return bool(torch.isnan(value).any())
+def _check_values(kind: str, name: str, value: torch.Tensor, check_nan: bool, finite: bool) -> None:
+    """NaN (unless check_nan=False) and, where `finite`, inf: one reduction per tensor.
+    Meta tensors have no values to check."""
+    if value.device.type == "meta" or value.numel() == 0:
+        return
+    if not (check_nan or finite):
+        return
+    total = value.sum()
+    if torch.isfinite(total):  # no NaN and no inf (a finite sum of finite values)
+        return
+    if check_nan and torch.isnan(value).any():
+        raise RecError(
+            f"{kind} '{name}' contains NaN",
+            hint="recc rejects NaN in inputs, params and initial states (inf is allowed), "
+            "or pass check_nan=False to let it propagate",
+        )
+    if finite and torch.isinf(value).any():
+        raise RecError(
+            f"{kind} '{name}' contains inf, and this recurrence is linear in its state",
+            hint="from an infinite start a linear state stays infinite or becomes NaN "
+            "(0 * inf): start it from a finite value (only MinMax and nonlinear "
+            "recurrences may start at +-inf)",
+        )
 
 
 def bind(
@@ -87,12 +106,19 @@ def bind(
     tensors: dict[str, Any],
     initial_state: Any = None,
     check_nan: bool = True,
+    finite_states: frozenset[str] = frozenset(),
 ) -> Bound:
     """Check a call's arguments against the spec and bind dim sizes.
 
     `check_nan`: reject NaN in inputs, params and initial states (one
     reduction per tensor; on a GPU it waits for the data). With False, NaN
     propagates like any torch op: to the outputs at and after its step.
+    `finite_states`: states whose initial value must also be free of +-inf (those
+    a linear recurrence reads).
+
+    The computation runs in fp64 if any input, param or initial state is
+    fp64, else in fp32; outputs come back in the inputs' and params' promoted
+    dtype, final states in the compute dtype.
     """
     inputs = {i.name: i for i in rec.inputs}
     params = {p.name: p for p in rec.params}
@@ -127,7 +153,7 @@ def bind(
             origin.setdefault(dim, f"{kind} '{name}'")
 
     first = next(iter(inputs.values()))
-    x0 = _check_tensor("input", first.name, tensors[first.name], check_nan)
+    x0 = _check_tensor("input", first.name, tensors[first.name])
     heads = x0.dim() == len(first.dims) + 3
     if x0.dim() not in (len(first.dims) + 2, len(first.dims) + 3):
         raise RecError(
@@ -144,7 +170,7 @@ def bind(
 
     bound_inputs = {}
     for decl in inputs.values():
-        x = _check_tensor("input", decl.name, tensors[decl.name], check_nan)
+        x = _check_tensor("input", decl.name, tensors[decl.name])
         want = (B, T, *((H,) if heads else ()))
         if x.dim() != len(decl.dims) + n_lead or tuple(x.shape[:n_lead]) != want:
             raise RecError(
@@ -164,7 +190,7 @@ def bind(
 
     bound_params = {}
     for decl in params.values():
-        p = _check_tensor("param", decl.name, tensors[decl.name], check_nan)
+        p = _check_tensor("param", decl.name, tensors[decl.name])
         n_head = p.dim() - len(decl.dims)
         ok = n_head == 0 or (heads and n_head == 1 and p.shape[0] == H)
         if not ok:
@@ -188,7 +214,7 @@ def bind(
     states = initial_states(rec, initial_state)
     for s in rec.states:
         if s.name in states:
-            x = _check_tensor("initial state", s.name, states[s.name], check_nan)
+            x = _check_tensor("initial state", s.name, states[s.name])
             want_lead = (B, *((H,) if heads else ()))
             if (
                 x.dim() != len(s.dims) + len(want_lead)
@@ -215,10 +241,19 @@ def bind(
                     hint=f"pass initial_state={{'{s.name}': ...}} of the full shape",
                 )
 
+    # values last: every tensor is on the one device by now (a meta tensor has none)
+    for name, x in bound_inputs.items():
+        _check_values("input", name, x, check_nan, finite=False)
+    for name, x in bound_params.items():
+        _check_values("param", name, x, check_nan, finite=False)
+    for name, x in states.items():
+        _check_values("initial state", name, x, check_nan, name in finite_states)
+
     out_dtype = dtypes[0]
     for d in dtypes[1:]:
         out_dtype = torch.promote_types(out_dtype, d)
-    compute = torch.float64 if out_dtype == torch.float64 else torch.float32
+    wide = out_dtype == torch.float64 or any(x.dtype == torch.float64 for x in states.values())
+    compute = torch.float64 if wide else torch.float32
 
     init = {}
     for s in rec.states:

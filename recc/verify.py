@@ -1,34 +1,62 @@
-"""`recc check`: run what exists for a spec against the interpreter.
+"""`recc check`: run what exists for a spec against the interpreter, in adversarial regimes.
 
-Stage: top level (uses analysis, lowering, backends, interpreter). Random
-fp64 inputs at small distinct dim sizes:
+Stage: top level (uses analysis, lowering, backends, interpreter). For every
+input regime the spec's class admits (`recc.testing.regimes`: normal and
+positive draws, integers for ties and exact cancellations, zeros, saturating
+gates of exactly 0 and 1, huge and tiny magnitudes, and for MinMax an
+infinite start) and every length in `LENGTHS` (T = 1 and lengths that are no
+multiple of a chunk or block):
   - the canonical form (`form_step`) must reproduce every step's states;
   - every backend the lowering plan lists must reproduce the interpreter's
     outputs, final states, and gradients (of a random projection of all
     outputs and final states) with respect to every input, param and
     initial state.
-Everything must agree to `TOLERANCE` (relative, fp64).
+Agreement is `recc.testing.agree.compare`: the same NaN / +inf / -inf
+positions, finite values to `TOLERANCE` relative to each tensor's scale (fp64).
+A failure names the regime, the length, the backend and the first tensor
+that differs.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 import torch
 
 from recc.analysis import Analysis, analyze
-from recc.backends.torch import run_scan
 from recc.form_step import form_step
-from recc.interpreter import TorchOps, run
+from recc.interpreter import TorchOps
 from recc.ir.evaluate import step
 from recc.ir.nodes import Recurrence
 from recc.lowering import LoweringPlan, plan
-from recc.lowering.plan import INTERPRETER, TORCH, TRITON
+from recc.lowering.plan import INTERPRETER, TRITON
 from recc.signature import bind
+from recc.testing.agree import (
+    TOLERANCE as TOLERANCES,
+)
+from recc.testing.agree import (
+    Disagreement,
+    compare,
+    disagreements,
+    finite_call,
+    interpreter_results,
+    triton_runs_here,
+)
+from recc.testing.regimes import LENGTHS, NORMAL, POSITIVE, Regime, regimes_for
 
-TOLERANCE = 1e-10  # max |form - interpreter| / (1 + |interpreter|), fp64
+TOLERANCE = TOLERANCES[torch.float64]
+
+
+@dataclass(frozen=True)
+class Failure:
+    regime: str
+    T: int
+    executor: str  # "form" or a backend
+    disagreement: Disagreement
+
+    def __str__(self) -> str:
+        return f"{self.executor} [{self.regime}, T={self.T}] {self.disagreement}"
 
 
 @dataclass(frozen=True)
@@ -36,64 +64,75 @@ class CheckResult:
     rec: Recurrence
     analysis: Analysis
     plan: LoweringPlan
-    form_error: float
-    backend_errors: dict[str, float]  # backend -> worst relative error (values and grads)
+    checked: tuple[str, ...]  # "form" and the backends that ran
+    failures: tuple[Failure, ...]
     skipped: dict[str, str]  # backend -> why it was not run here
-    inputs: str  # which input distribution was used
+    regimes: tuple[str, ...]
     seconds: float
 
     @property
     def ok(self) -> bool:
-        errors = [self.form_error, *self.backend_errors.values()]
-        return all(e <= TOLERANCE for e in errors)
+        return not self.failures
 
 
 def random_call(rec: Recurrence, positive: bool, seed: int = 0, B: int = 2, T: int = 8):
     """Random fp64 tensors for every input and param, and initial states."""
-    g = torch.Generator().manual_seed(seed)
-    sizes = {d: 3 + i for i, d in enumerate(rec.dims)}
-
-    def draw(*shape: int) -> torch.Tensor:
-        if positive:
-            return torch.rand(shape, generator=g, dtype=torch.float64) * 0.9 + 0.05
-        return torch.randn(shape, generator=g, dtype=torch.float64) * 0.5
-
-    tensors = {d.name: draw(B, T, *(sizes[x] for x in d.dims)) for d in rec.inputs}
-    tensors.update({d.name: draw(*(sizes[x] for x in d.dims)) for d in rec.params})
-    init = {s.name: draw(B, *(sizes[x] for x in s.dims)) for s in rec.states}
-    return tensors, init
+    return (POSITIVE if positive else NORMAL).call(rec, T, seed=seed, B=B)
 
 
-def check(rec: Recurrence, seed: int = 0) -> CheckResult:
+def check(
+    rec: Recurrence,
+    seed: int = 0,
+    regimes: tuple[Regime, ...] | None = None,
+    lengths: tuple[int, ...] = LENGTHS,
+    backends: tuple[str, ...] | None = None,
+) -> CheckResult:
+    """`backends`: the backends to run (default: every one the plan lists); the
+    canonical form is always checked."""
     start = time.perf_counter()
     analysis = analyze(rec)
     lowering = plan(rec, analysis)
-    for positive in (False, True):
-        tensors, init = random_call(rec, positive, seed)
-        bound = bind(rec, tensors, init)
-        outputs, finals = run(rec, bound)
-        if all(torch.isfinite(v).all() for v in [*outputs.values(), *finals.values()]):
-            break
-    error = _form_error(rec, analysis, bound)
-    backend_errors: dict[str, float] = {}
+    regimes = regimes or regimes_for(analysis.kind)
+    wanted = backends
+    backends_run: list[str] = []
     skipped: dict[str, str] = {}
     for backend in lowering.backends:
-        if backend == INTERPRETER:
+        if backend == INTERPRETER or (wanted is not None and backend not in wanted):
             continue
         reason = _cannot_run(rec, analysis, backend)
         if reason:
             skipped[backend] = reason
-            continue
-        backend_errors[backend] = _backend_error(rec, analysis, backend, tensors, init, seed)
-    name = "positive uniform(0.05, 0.95)" if positive else "normal(0, 0.5)"
+        else:
+            backends_run.append(backend)
+    failures: list[Failure] = []
+    failed: set[str] = set()  # one failure per executor is enough
+    for regime in regimes:
+        for T in lengths:
+            tensors, init = regime.call(rec, T, seed=seed)
+            if "form" not in failed:
+                for d in _form_disagreements(rec, analysis, tensors, init, regime):
+                    failures.append(Failure(regime.name, T, "form", d))
+                    failed.add("form")
+                    break
+            todo = [b for b in backends_run if b not in failed]
+            if not todo:
+                continue
+            reference = interpreter_results(rec, analysis, tensors, init, seed)
+            for backend in todo:
+                found = disagreements(
+                    rec, analysis, backend, tensors, init, seed, reference, regime.overflows
+                )
+                if found:
+                    failures.append(Failure(regime.name, T, backend, found[0]))
+                    failed.add(backend)
     return CheckResult(
         rec,
         analysis,
         lowering,
-        error,
-        backend_errors,
+        ("form", *backends_run),
+        tuple(failures),
         skipped,
-        name,
+        tuple(r.name for r in regimes),
         time.perf_counter() - start,
     )
 
@@ -101,7 +140,7 @@ def check(rec: Recurrence, seed: int = 0) -> CheckResult:
 def _cannot_run(rec: Recurrence, analysis: Analysis, backend: str) -> str | None:
     if backend != TRITON:
         return None
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    if not triton_runs_here():
         return "no GPU here (set TRITON_INTERPRET=1 to run Triton's CPU interpreter)"
     from recc.backends.triton.launch import ScanKernel
     from recc.backends.triton.scan_codegen import Unsupported
@@ -113,60 +152,27 @@ def _cannot_run(rec: Recurrence, analysis: Analysis, backend: str) -> str | None
     return None
 
 
-def _run_triton(rec, analysis, bound, tensors, init):
-    from recc.backends.triton.function import triton_scan
-    from recc.backends.triton.launch import ScanKernel
-
-    return triton_scan(rec, analysis, ScanKernel(rec, analysis), tensors, init)
-
-
-def _backend_error(rec, analysis, backend, tensors, init, seed) -> float:
-    """Worst relative error of a backend vs the interpreter, values and gradients."""
-
-    def run_with(executor):
-        leaves = {k: v.clone().requires_grad_(True) for k, v in {**tensors, **init}.items()}
-        bound = bind(rec, {k: leaves[k] for k in tensors}, {k: leaves[k] for k in init})
-        if executor == INTERPRETER:
-            outputs, finals = run(rec, bound)
-        elif executor == TORCH:
-            outputs, finals = run_scan(rec, analysis, bound)
-        else:
-            assert executor == TRITON
-            given = {k: leaves[k] for k in tensors}
-            outputs, finals = _run_triton(rec, analysis, bound, given, {k: leaves[k] for k in init})
-        results = [*outputs.values(), *finals.values()]
-        g = torch.Generator().manual_seed(seed + 1)
-        loss = sum((r * torch.randn(r.shape, generator=g, dtype=r.dtype)).sum() for r in results)
-        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        grads = [torch.zeros_like(x) if d is None else d for x, d in zip(leaves.values(), grads)]
-        return [r.detach() for r in results] + list(grads)
-
-    reference, candidate = run_with(INTERPRETER), run_with(backend)
-    worst = 0.0
-    for ref, got in zip(reference, candidate):
-        if ref.numel() == 0:
-            continue
-        same = (ref == got) | (torch.isnan(ref) & torch.isnan(got))
-        diff = torch.where(same, torch.zeros_like(ref), (got - ref).abs() / (1 + ref.abs()))
-        worst = max(worst, float(diff.max()))
-    return worst
-
-
-def _form_error(rec: Recurrence, analysis: Analysis, bound) -> float:
+def _form_disagreements(
+    rec: Recurrence, analysis: Analysis, tensors, init, regime: Regime
+) -> list[Disagreement]:
+    """The canonical form, step by step from the interpreter's states, against the spec."""
+    bound = bind(rec, tensors, init, check_nan=False)
     ops = TorchOps(bound.compute_dtype, bound.device)
     states = dict(bound.initial_state)
-    worst = 0.0
+    finite = finite_call(rec, tensors, init)
     for t in range(bound.T):
         env = {**bound.params, **{k: v[:, t] for k, v in bound.inputs.items()}, **states}
         reference, _ = step(rec, ops, env, outputs=False)
         candidate = form_step(rec, analysis, env)
         for name, ref in reference.items():
             ref = torch.broadcast_to(ref, env[name].shape)
-            diff = (candidate[name] - ref).abs() / (1 + ref.abs())
-            both_inf = torch.isinf(ref) & (candidate[name] == ref)
-            diff = torch.where(both_inf, torch.zeros_like(diff), diff)
-            worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
-            if torch.isnan(diff).any():
-                return float("nan")
+            overflowed = (regime.overflows and not bool(torch.isfinite(ref).all())) or (
+                finite and bool(torch.isinf(ref).any())
+            )
+            if overflowed:
+                return []  # the spec itself overflowed: nothing later is comparable
+            d = compare(f"state {name} at step {t}", ref, candidate[name], TOLERANCE)
+            if d is not None:
+                return [d]
         states = {k: torch.broadcast_to(v, env[k].shape) for k, v in reference.items()}
-    return worst
+    return []

@@ -5,7 +5,7 @@ run in its CPU interpreter (TRITON_INTERPRET=1 must be set before the first
 `import triton`), and kernel caches (Triton's and recc's) go to a fresh
 temporary folder so runs never share stale kernels (inductor's too, for
 `torch_compile=True`). Every test starts from
-the same random seed.
+the same random seed, and runs Triton's interpreter with the vectorised scan.
 """
 
 from __future__ import annotations
@@ -26,3 +26,14 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fast_triton_scan():
+    """Triton's interpreter runs tl.associative_scan element by element; every test runs
+    with the vectorised equivalent of tests/triton_interpreter.py (tests that compare the
+    two switch it off themselves)."""
+    from triton_interpreter import fast_scan
+
+    with fast_scan():
+        yield

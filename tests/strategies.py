@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from hypothesis import HealthCheck, settings
@@ -77,6 +78,43 @@ class Expected:
 # ---------------------------------------------------------------------------
 
 _NAME_PREFIXES = ("x", "k", "u", "inf_", "dims_", "input_", "T", "exp_", "state")
+# Whole names a spec may use that are Python keywords or builtins, or spell the
+# generated code's own identifiers (tl, i_b, o_T, h_carry, _t2, a0_00, ...): every
+# backend must keep them apart from its own names.
+NASTY_NAMES = (
+    "lambda",
+    "None",
+    "True",
+    "def",
+    "range",
+    "float",
+    "torch",
+    "tl",
+    "triton",
+    "T",
+    "H",
+    "DTYPE",
+    "BLOCK_T",
+    "i_b",
+    "i_c",
+    "t0",
+    "o_T",
+    "m_T",
+    "is_first",
+    "size_D",
+    "_t1",
+    "_t2",
+    "_ct1",
+    "a0_00",
+    "b0_0",
+    "A0_00",
+    "rho0",
+    "x_ptr",
+    "s_x_b",
+    "_combine_0",
+    "_shift_combine",
+    "_tanh",
+)
 
 
 class _Spec:
@@ -90,9 +128,12 @@ class _Spec:
         self.tail: list[str] = []  # update / output lines
         self.counter = 0
         self.prefix = "x"
+        self.specials: list[str] = []  # nasty names, handed out first
 
     def fresh(self, role: str) -> str:
         self.counter += 1
+        if self.specials:
+            return self.specials.pop()
         return f"{self.prefix}{role}{self.counter}"
 
     def input(self, dims: str = "") -> str:
@@ -245,6 +286,7 @@ def _with_lets(draw, spec: _Spec, leaves: list[str]) -> list[str]:
 def _new_spec(draw, kind: str) -> _Spec:
     spec = _Spec(draw(st.sampled_from([kind, f"{kind}_rnn", "r", "update_rule", "inf_net"])))
     spec.prefix = draw(st.sampled_from(_NAME_PREFIXES))
+    spec.specials = draw(st.lists(st.sampled_from(NASTY_NAMES), unique=True, max_size=5))
     return spec
 
 
@@ -278,6 +320,7 @@ def _diag_vector_update(draw, spec: _Spec, h: str, leaves: list[str]) -> tuple[s
         "a*b*h+c": f"{_paren(a)} * {_paren(b)} * {h} + {_paren(c)}",
         "a*h+z*h+c": f"{_paren(a)} * {h} + {_paren(z)} * {h} + {_paren(c)}",
         "let m=a*h": "",
+        "b (reads no state)": f"{_paren(b)}",
     }
     name = draw(st.sampled_from(sorted(templates)))
     if name == "let m=a*h":
@@ -335,8 +378,11 @@ def _diag_matrix(draw, spec: _Spec) -> str:
 def diagonal_spec(draw) -> tuple[str, Expected]:
     """h' = a * h + b (vector, maybe several states, maybe a matrix state), or LRU 2x2."""
     spec = draw(_new_spec("diagonal"))
-    if draw(st.integers(0, 4)) == 0:
+    pick = draw(st.integers(0, 5))
+    if pick == 0:
         return draw(_lru_spec(spec))
+    if pick == 1:
+        return draw(_partial_block_spec(spec))
     spec.dims.append("D")
     leaves = draw(_leaves(spec, "D", matvec=True))
     leaves = draw(_with_lets(spec, leaves))
@@ -354,6 +400,42 @@ def diagonal_spec(draw) -> tuple[str, Expected]:
     if draw(st.booleans()):
         variants.append(draw(_diag_matrix(spec)))
     return spec.render(draw), Expected("diagonal", "diagonal", variant=", ".join(variants))
+
+
+@st.composite
+def _partial_block_spec(draw, spec: _Spec) -> tuple[str, Expected]:
+    """States coupled channel by channel with some couplings absent: a triangle, a swap
+    (no diagonal at all), or three states in a cycle. The generated scans keep only the
+    slots the coupling can reach."""
+    spec.dims.append("D")
+    leaves = draw(_with_lets(spec, draw(_leaves(spec, "D"))))
+
+    def pos() -> str:
+        return _paren(draw(positive_gate(leaves)))
+
+    def any_gate() -> str:
+        return _paren(draw(gate(leaves)))
+
+    variant = draw(st.sampled_from(["triangle", "swap", "cycle3"]))
+    k = 3 if variant == "cycle3" else 2
+    hs = [spec.fresh("h") for _ in range(k)]
+    for h in hs:
+        spec.decls.append(f"state {h}[D] = {_state_init(draw)}")
+    if variant == "triangle":
+        updates = [f"{pos()} * {hs[0]} + {pos()} * {hs[1]} + {any_gate()}", f"{pos()} * {hs[1]}"]
+    elif variant == "swap":
+        updates = [f"{pos()} * {hs[1]} + {any_gate()}", f"{pos()} * {hs[0]} + {any_gate()}"]
+    else:
+        updates = [
+            f"{pos()} * {hs[0]} + {pos()} * {hs[1]} + {any_gate()}",
+            f"{pos()} * {hs[2]} + {hs[1]}",
+            f"{pos()} * {hs[0]}",
+        ]
+    for h, text in zip(hs, updates):
+        spec.tail.append(f"update {h} = {text}")
+    spec.tail.append(f"output {spec.fresh('o')} = " + " + ".join(hs))
+    expected = Expected("diagonal", "block", block_size=k, variant=f"partial block: {variant}")
+    return spec.render(draw), expected
 
 
 @st.composite
@@ -719,6 +801,48 @@ def mutated_spec(draw) -> str:
         else:
             tokens[i] = draw(st.sampled_from(_TOKENS))
     return " ".join(t if t != "\n" else "\n" for t in tokens)
+
+
+_ZOO = sorted((Path(__file__).parent.parent / "specs").glob("*.rec"))
+# Replacements that keep a spec well-formed but push it to the language's edges:
+# infinite, overflowing, denormal and signed-zero constants; nasty names.
+_EDGE_NUMBERS = ("inf", "1e309", "1e308", "0", "0.0", "1e-320", "1", "1e30", "2", "0.5")
+
+
+@st.composite
+def zoo_mutant(draw) -> str:
+    """A bundled spec with an identifier renamed everywhere (to a keyword, a builtin or
+    one of the generated code's own spellings), a number replaced by an edge value, or
+    a few tokens deleted, repeated, swapped or replaced."""
+    source = draw(st.sampled_from(_ZOO)).read_text()
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.integers(0, 2))
+        if op == 0:  # rename one identifier consistently
+            words = sorted(set(re.findall(r"\b[A-Za-z_][A-Za-z_0-9]*\b", source)))
+            old = draw(st.sampled_from(words))
+            new = draw(st.sampled_from(NASTY_NAMES + ("h", "x", "D", "exp", "sum", "inf")))
+            source = re.sub(rf"\b{re.escape(old)}\b", new, source)
+        elif op == 1:  # one number to an edge value
+            numbers = list(re.finditer(r"(?<![\w.])\d+\.?\d*(?:[eE][+-]?\d+)?", source))
+            if numbers:
+                m = draw(st.sampled_from(numbers))
+                value = draw(st.sampled_from(_EDGE_NUMBERS))
+                source = source[: m.start()] + value + source[m.end() :]
+        else:
+            tokens = re.findall(_TOKEN_RE, source)
+            i = draw(st.integers(0, len(tokens) - 1))
+            j = draw(st.integers(0, len(tokens) - 1))
+            kind = draw(st.integers(0, 3))
+            if kind == 0:
+                del tokens[i]
+            elif kind == 1:
+                tokens.insert(i, tokens[j])
+            elif kind == 2:
+                tokens[i], tokens[j] = tokens[j], tokens[i]
+            else:
+                tokens[i] = draw(st.sampled_from(_TOKENS))
+            source = " ".join(tokens)
+    return source
 
 
 printable_text = st.text(

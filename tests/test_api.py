@@ -197,3 +197,88 @@ def test_max_and_min_route_ties_to_the_first_argument():
         assert a.grad.flatten().tolist() == [2.0, 0.0], backend
         assert b.grad.flatten().tolist() == [0.0, 0.0], backend
         assert h0.grad.flatten().tolist() == [0.0], backend
+
+
+def test_minmax_gradients_route_as_the_spec_writes_them():
+    # max(min(h, a), b) with a = [1, -1], b = [1, 1] from h0 = 0: at t = 1 min(h=1, a=-1)
+    # is -1 and max(-1, b=1) is b, with no tie in the spec as written; the canonical
+    # form's a' = max(a, b) = 1 ties with h = 1 and had routed d h_1 / d b to b_0.
+    spec = (
+        "recurrence m { dims D\n input a[D], b[D]\n state h[D] = 0\n"
+        " update h = max(min(h, a), b)\n output h }"
+    )
+    for backend in ("interpreter", "torch", "triton"):
+        fn = recc.compile(spec, backend=backend)
+        a = torch.tensor([[[1.0], [-1.0]]], requires_grad=True)
+        b = torch.tensor([[[1.0], [1.0]]], requires_grad=True)
+        y = fn(a=a, b=b)
+        (grad_b,) = torch.autograd.grad(y[0, 1, 0], [b])
+        assert y.flatten().tolist() == [1.0, 1.0], backend
+        assert grad_b.flatten().tolist() == [0.0, 1.0], backend
+
+
+def test_an_absent_coefficient_multiplies_nothing():
+    # h' = max(xa, xb) reads no state: from h0 = -inf, a materialised 0 * h0 was NaN;
+    # and h' = sqrt(x) with one negative x is NaN at that step only.
+    spec = (
+        "recurrence r { dims D\n input xa[D], xb[D]\n state h[D] = -inf\n"
+        " update h = %s\n output h }"
+    )
+    for backend in ("torch", "triton"):
+        fn = recc.compile(spec % "max(xa, xb)", backend=backend)
+        x = torch.randn(2, 7, 3, dtype=torch.float64)
+        torch.testing.assert_close(fn(xa=x, xb=x * 0.5), torch.maximum(x, x * 0.5))
+        fn = recc.compile(spec.replace("-inf", "0") % "sqrt(xa) + xb", backend=backend)
+        xa = torch.rand(1, 7, 2, dtype=torch.float64)
+        xa[0, 2, 0] = -1.0
+        y = fn(xa=xa, xb=torch.zeros_like(xa), check_nan=False)
+        assert torch.isnan(y).sum() == 1 and torch.isnan(y[0, 2, 0]), backend
+
+
+def test_call_flags_must_be_booleans():
+    fn = recc.compile(MINGRU)
+    k = torch.randn(1, 3, 2)
+    for flag in ("output_final_state", "check_nan"):
+        with pytest.raises(RecError, match=f"{flag} must be True or False"):
+            fn(k=k, v=k, **{flag: "no"})
+
+
+def test_meta_tensors_give_shapes():
+    fn = recc.compile(MINGRU)
+    k = torch.empty(2, 5, 4, device="meta")
+    y, h = fn(k=k, v=k, output_final_state=True)
+    assert y.device.type == "meta" and y.shape == (2, 5, 4) and h.shape == (2, 4)
+
+
+def test_sparse_tensors_are_a_rec_error():
+    fn = recc.compile(MINGRU)
+    k = torch.randn(1, 3, 2)
+    with pytest.raises(RecError, match="sparse_coo tensor; recc takes dense"):
+        fn(k=k.to_sparse(), v=k)
+
+
+def test_a_wide_initial_state_computes_in_fp64():
+    # fp32 inputs with an fp64 initial state: computed in fp64 (documented), outputs in fp32
+    fn = recc.compile(MINGRU)
+    k = torch.zeros(1, 3, 1)
+    v = torch.zeros(1, 3, 1)
+    h0 = torch.full((1, 1), 1.0 + 2.0**-40, dtype=torch.float64)
+    y, h = fn(k=k, v=v, initial_state=h0, output_final_state=True)
+    assert y.dtype == torch.float32 and h.dtype == torch.float64
+    assert h.item() == (1.0 + 2.0**-40) * 0.5**3  # fp32 would have rounded the 2^-40 away
+
+
+def test_infinite_start_of_a_linear_recurrence_is_a_rec_error():
+    fn = recc.compile(MINGRU)
+    k = torch.randn(1, 3, 2)
+    with pytest.raises(RecError, match="contains inf, and this recurrence is linear"):
+        fn(k=k, v=k, initial_state=torch.full((1, 2), float("inf")))
+    with pytest.raises(RecError, match="starts at inf, but its recurrence is diagonal"):
+        recc.compile(MINGRU.replace("state h[D] = 0", "state h[D] = inf"))
+    # MinMax recurrences start at +-inf by design
+    maxplus = recc.compile(
+        "recurrence m { dims D\n input a[D], b[D]\n state h[D] = -inf\n"
+        " update h = max(h + a, b)\n output h }"
+    )
+    y = maxplus(a=k, b=k, initial_state=torch.full((1, 2), float("inf")))
+    assert torch.isinf(y).all()

@@ -1,33 +1,26 @@
 """Property: random diagonal and MinMax specs run on the torch and Triton backends
-exactly as the interpreter does (values, final states and every gradient, fp64).
+exactly as the interpreter does (values, NaN / inf positions, final states and every
+gradient, fp64), in every input regime the class admits.
 
-Specs and inputs come from tests/strategies.py; Triton runs in its CPU
-interpreter (tests/conftest.py sets TRITON_INTERPRET=1). The default tier uses a
-few examples; the `slow` copies many more.
+Specs come from tests/strategies.py (their names include Python keywords and the
+generator's own spellings); inputs from recc.testing.regimes (integers for ties, zeros,
+saturating gates, huge and tiny values, infinite starts for MinMax, lengths that are
+no multiple of a chunk or block); the comparison is recc.testing.agree, the one
+`recc check` uses. Triton runs in its CPU interpreter (tests/conftest.py). The default
+tier uses a few examples; the `slow` copies many more.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-import torch
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
+from strategies import SLOW, spec_of
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from strategies import SLOW, call_tensors, spec_of  # noqa: E402
-from triton_interpreter import fast_scan  # noqa: E402
-
-from recc.analysis import analyze  # noqa: E402
-from recc.backends.torch import run_scan  # noqa: E402
-from recc.backends.triton.function import triton_scan  # noqa: E402
-from recc.backends.triton.launch import ScanKernel  # noqa: E402
-from recc.interpreter import run  # noqa: E402
-from recc.ir import load  # noqa: E402
-from recc.signature import bind  # noqa: E402
+from recc.analysis import analyze
+from recc.ir import load
+from recc.testing.agree import disagreements, interpreter_results
+from recc.testing.regimes import regimes_for
 
 # Each example generates and runs Triton kernels in the interpreter: shrinking a failure
 # would take many minutes, so failures are reported as found (the spec is printed).
@@ -35,64 +28,21 @@ NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 FEW = settings(SLOW, max_examples=8, phases=NO_SHRINK)
 
 
-def _losses(rec, results, seed):
-    g = torch.Generator().manual_seed(seed)
-    return sum((r * torch.randn(r.shape, generator=g, dtype=r.dtype)).sum() for r in results)
-
-
 def check_backends(source: str, data) -> None:
     rec = load(source)
     analysis = analyze(rec)
     assert analysis.kind in ("diagonal", "minmax"), analysis.reasons
-    tensors, init = data.draw(call_tensors(rec, max_B=2, max_T=20, heads=data.draw(st.booleans())))
-    init = init or {}
-    kernel = ScanKernel(rec, analysis)
-
-    def run_with(backend):
-        leaves = {k: v.clone().requires_grad_() for k, v in {**tensors, **init}.items()}
-        given_t = {k: leaves[k] for k in tensors}
-        given_i = {k: leaves[k] for k in init}
-        if backend == "triton":
-            with fast_scan():
-                outs, fins = triton_scan(rec, analysis, kernel, given_t, given_i)
-        else:
-            bound = bind(rec, given_t, given_i)
-            outs, fins = (
-                run(rec, bound)
-                if backend == "interpreter"
-                else run_scan(rec, analysis, bound, chunk=data.draw(st.integers(1, 8)))
-            )
-        results = [*outs.values(), *fins.values()]
-        with fast_scan():
-            grads = torch.autograd.grad(
-                _losses(rec, results, 0), list(leaves.values()), allow_unused=True
-            )
-        return [r.detach() for r in results], grads
-
-    want, want_grads = run_with("interpreter")
+    regime = data.draw(st.sampled_from(regimes_for(analysis.kind)), label="regime")
+    T = data.draw(st.sampled_from([1, 2, 5, 13, 20, 37]), label="T")
+    heads = data.draw(st.sampled_from([None, 2]), label="heads")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    tensors, init = regime.call(rec, T, seed=seed, heads=heads)
+    reference = interpreter_results(rec, analysis, tensors, init, seed)
     for backend in ("torch", "triton"):
-        got, got_grads = run_with(backend)
-        for g, w in zip(got, want):
-            torch.testing.assert_close(
-                g,
-                w,
-                rtol=1e-9,
-                atol=1e-10,
-                equal_nan=True,
-                msg=lambda m, b=backend: f"{b} values: {m}",
-            )
-        for g, w in zip(got_grads, want_grads):
-            if w is None:
-                continue
-            assert g is not None, backend
-            torch.testing.assert_close(
-                g,
-                w,
-                rtol=1e-8,
-                atol=1e-9,
-                equal_nan=True,
-                msg=lambda m, b=backend: f"{b} gradients: {m}",
-            )
+        found = disagreements(
+            rec, analysis, backend, tensors, init, seed, reference, regime.overflows
+        )
+        assert not found, f"{backend} [{regime.name}, T={T}]: " + "; ".join(map(str, found))
 
 
 @pytest.mark.parametrize("kind", ["diagonal", "minmax"])

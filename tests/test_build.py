@@ -59,10 +59,8 @@ def test_built_function_matches_the_interpreter(tmp_path, name):
     }
     leaves = {k: v.clone().requires_grad_() for k, v in {**tensors, **init}.items()}
     function = getattr(module, "".join(p.capitalize() for p in name.split("_")) + "Scan")
-    used = [
-        a for a in function.forward.__code__.co_varnames[1 : function.forward.__code__.co_argcount]
-    ]
-    args = [leaves[a[: -len("_init")]] if a.endswith("_init") else leaves[a] for a in used]
+    used = [spec_name for _, spec_name in module.ARGUMENTS]
+    args = [leaves[a] for a in used]
     with fast_scan():
         results = function.apply(*args)
     reference = {k: v.detach().clone().requires_grad_() for k, v in leaves.items()}
@@ -76,9 +74,7 @@ def test_built_function_matches_the_interpreter(tmp_path, name):
     ref_loss = sum((r * (i + 1)).sum() for i, r in enumerate(want))
     with fast_scan():
         grads = torch.autograd.grad(loss, args, allow_unused=True)
-    ref_args = [
-        reference[a[: -len("_init")]] if a.endswith("_init") else reference[a] for a in used
-    ]
+    ref_args = [reference[a] for a in used]
     ref_grads = torch.autograd.grad(ref_loss, ref_args, allow_unused=True)
     for a, got, ref in zip(used, grads, ref_grads):
         torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-11, msg=a)
@@ -94,3 +90,87 @@ def test_build_refuses_classes_without_kernels(tmp_path):
     assert result.exit_code == 2
     assert "'gru' (nonlinear) has no generated module yet" in result.output
     assert not (tmp_path / "gru.py").exists()
+
+
+# Spec names that are Python keywords, builtins or the generator's own names, a
+# comment that would break a docstring, and kernels that read no input.
+NASTY = '''# a comment with \\N{oops}, \\x and """ quotes
+recurrence lambda {
+  dims T, h
+  input None[T], init_state[T], x[h]
+  param tl[T], torch
+  state h_init[T] = 0
+  state s[h] = 0
+  let h_carry = sigmoid(None) * torch
+  let _t2 = tl + h_carry
+  let a0_00 = _t2 * init_state
+  update h_init = h_carry * h_init + a0_00
+  update s = 0.5 * s + x
+  output i_b = h_init * 2
+  output s
+}
+'''
+PARAMS_ONLY = """recurrence drift {
+  dims D
+  input x[D]
+  param p[D]
+  state h[D] = 0
+  update h = 0.5 * h + p
+  output h
+}
+"""
+
+
+@pytest.mark.parametrize("source", [NASTY, PARAMS_ONLY], ids=["nasty-names", "params-only"])
+def test_built_module_owns_its_names(tmp_path, source):
+    spec_path = tmp_path / "spec.rec"
+    spec_path.write_text(source)
+    rec = load(spec_path)
+    result = CliRunner().invoke(main, ["build", str(spec_path), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / f"{rec.name}.py"
+    spec = importlib.util.spec_from_file_location(f"built_{rec.name}_x", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    assert module.SPEC == source
+    g = torch.Generator().manual_seed(1)
+    sizes = {d: 3 + i for i, d in enumerate(rec.dims)}
+    tensors = {
+        i.name: torch.randn(2, 7, *(sizes[d] for d in i.dims), generator=g, dtype=torch.float64)
+        for i in rec.inputs
+    }
+    tensors.update(
+        {
+            p.name: torch.randn((*(sizes[d] for d in p.dims),), generator=g, dtype=torch.float64)
+            for p in rec.params
+        }
+    )
+    leaves = {k: v.clone().requires_grad_() for k, v in tensors.items()}
+    init = {
+        s.name: torch.zeros(2, *(sizes[d] for d in s.dims), dtype=torch.float64) for s in rec.states
+    }
+    args = [leaves[n] if kind != "state" else init[n] for kind, n in module.ARGUMENTS]
+    wrapper, function = (getattr(module, n) for n in module.__all__)
+    with fast_scan():
+        results = function.apply(*args)
+        loss = sum((r * (i + 1)).sum() for i, r in enumerate(results))
+        grads = torch.autograd.grad(
+            loss, [leaves[n] for k, n in module.ARGUMENTS if k != "state"], allow_unused=True
+        )
+    ref = {k: v.detach().clone().requires_grad_() for k, v in tensors.items()}
+    outs, finals = run(rec, bind(rec, ref, init))
+    want = [*outs.values(), *finals.values()]
+    for got, w in zip(results, want):
+        torch.testing.assert_close(got, w, rtol=1e-10, atol=1e-12)
+    ref_loss = sum((r * (i + 1)).sum() for i, r in enumerate(want))
+    ref_grads = torch.autograd.grad(
+        ref_loss, [ref[n] for k, n in module.ARGUMENTS if k != "state"], allow_unused=True
+    )
+    for got, w in zip(grads, ref_grads):
+        if w is None:  # not read by the recurrence
+            assert got is None or not got.any()
+            continue
+        torch.testing.assert_close(got, w, rtol=1e-9, atol=1e-11)
+    y = wrapper(**tensors)
+    torch.testing.assert_close(y[0] if isinstance(y, tuple) else y, want[0])

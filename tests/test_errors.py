@@ -27,6 +27,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import recc
 from recc.analysis import analyze
 from recc.errors import RecError
 from recc.ir import load
@@ -84,6 +85,7 @@ def test_golden_shape(name: str) -> None:
         assert internal not in text, f"{internal!r} leaks into the message"
     # The caret points into the quoted source line (or just past its end).
     source_line = (ERRORS / f"{name}.rec").read_text().split("\n")[int(lines[0].split(":")[1]) - 1]
+    source_line = re.sub(r"[\x00-\x1f\x7f]", "?", source_line)  # shown as '?'
     assert lines[1] == "    " + source_line
     assert lines[2].index("^") - 4 <= len(source_line)
 
@@ -133,6 +135,23 @@ def test_windows_line_endings_and_tabs() -> None:
     with pytest.raises(RecError) as info:
         load(source)
     assert str(info.value).split("\n")[1:3] == ["     update h = hh", "                ^~"]
+
+
+def test_old_mac_line_endings() -> None:
+    # CR-only line endings: a comment used to swallow the rest of the file ("empty").
+    good = (SPECS / "mingru.rec").read_text()
+    assert load(good.replace("\n", "\r")) == load(good)
+    bad = "# a comment\rrecurrence r {\r dims D\r input x[D]\r state h[D] = 0\r"
+    with pytest.raises(RecError) as info:
+        load(bad + " update h = hh\r output h\r}\r")
+    assert str(info.value).startswith("<spec>:6:13: unknown name 'hh'")
+
+
+def test_numbers_are_ascii_digits() -> None:
+    # Python's \\d matches other scripts' digits: (١٠ - z) was read as (10 - z).
+    source = (SPECS / "mingru.rec").read_text().replace("(1 - z)", "(\u0661\u0660 - z)")
+    with pytest.raises(RecError, match="unexpected character"):
+        load(source)
 
 
 # ---- call-time errors -------------------------------------------------------
@@ -407,3 +426,18 @@ def test_fuzz_mutated_specs(source: str) -> None:
 @given(mutated_spec())
 def test_fuzz_mutated_specs_slow(source: str) -> None:
     _check_loads_or_rec_error(source)
+
+
+@pytest.mark.parametrize("depth", [220, 300, 380])
+@pytest.mark.parametrize("function", ["sigmoid", "exp", "tanh"])
+def test_deep_nesting_is_a_rec_error(depth: int, function: str) -> None:
+    # 200 to 300 nested calls used to pass the parser and overflow Python's stack later
+    expr = "h"
+    for _ in range(depth):
+        expr = f"{function}({expr})"
+    source = (
+        "recurrence deep {\n dims D\n input x[D]\n state h[D] = 0\n"
+        f" update h = {expr} + x\n output h\n}}"
+    )
+    with pytest.raises(RecError, match="nest|nested too deeply"):
+        recc.compile(source)

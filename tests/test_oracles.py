@@ -2,9 +2,10 @@
 
 - gru / lstm / elman against torch.nn.GRU / LSTM / RNN with the same weights.
 - Every diagonal, DPLR and MinMax spec against a reference written in this file
-  straight from the paper's equations (REFERENCES.md), not from the spec, and where
-  possible by a different route: the closed (all-steps-at-once) solution of a
-  diagonal recurrence, complex arithmetic for LRU, mamba's (B, D, L) layout for S6,
+  straight from the paper's equations (the source each spec's first line cites;
+  docs/zoo.md), not from the spec, and where possible by a different route: the
+  closed (all-steps-at-once) solution of a diagonal recurrence, complex arithmetic
+  for LRU, mamba's (B, D, L) layout for S6,
   RetNet's parallel form, the stabilised mLSTM, flash-linear-attention's K x V
   prediction-error form of the delta rule, DeltaProduct as a DeltaNet over T * n_h
   sub-steps, fla's generic DPLR form for RWKV-7, and semiring folds for MinMax.
@@ -172,6 +173,17 @@ def test_mingru_matches_paper() -> None:
     h = closed_form_scan(1 - z, z * v, h0)
     outs, finals = run_spec("mingru", {"k": k, "v": v}, {"h": h0})
     assert_match([("h", outs["h"], h), ("final h", finals["h"], h[:, -1])], [k, v, h0])
+
+
+def test_ema_matches_exponential_smoothing_with_and_without_heads() -> None:
+    # s_t = a s_{t-1} + (1 - a) x_t, a = sigmoid(a_logit): a scalar state (per head).
+    B, T, H = 2, 9, 3  # noqa: N806
+    for lead in [(B, T), (B, T, H)]:
+        x, logit, s0 = rand(*lead), rand(), rand(*lead[:1], *lead[2:])
+        a = torch.sigmoid(logit).expand(x.shape)
+        s = closed_form_scan(a, (1 - a) * x, s0)
+        outs, finals = run_spec("ema", {"x": x, "a_logit": logit}, {"s": s0})
+        assert_match([("s", outs["s"], s), ("final s", finals["s"], s[:, -1])], [x, logit, s0])
 
 
 def test_minlstm_matches_paper() -> None:

@@ -28,7 +28,7 @@ FP64 = dict(rtol=1e-10, atol=1e-12)
 def test_every_diagonal_and_minmax_zoo_spec_is_covered():
     names = {p.stem for p in SCAN_SPECS}
     assert {"mingru", "lru", "mamba_s6", "gla", "minmax_rnc", "maxplus"} <= names
-    assert len(names) == 14
+    assert len(names) == 15
 
 
 def _both(rec, tensors, init, chunk=None):
@@ -213,3 +213,25 @@ def test_expanded_state_backward_does_not_keep_the_state_history():
     assert saved < history / 4, (saved, inputs, history)
     outs["y"].sum().backward()  # and the recomputing backward runs
     assert all(v.grad is not None for v in leaves.values())
+
+
+# Found by benchmarks/fuzz.py: an update that reads no state has no identity map,
+# so its padded steps (past T, in the last chunk) held state 0, and a readout
+# `p / h` there, though discarded, put 0 * inf = NaN into p's gradient.
+@pytest.mark.parametrize("expanded", [False, True])
+def test_padded_steps_leave_no_trace_in_the_gradients(expanded):
+    from recc.verify import check
+
+    if expanded:  # a [D, N] state: the per-step path
+        body = (
+            "dims D, N\n input x[D], u[N]\n param p[D, N]\n state h[D, N] = 1\n"
+            " update h = outer(x, u)\n output y = p / h"
+        )
+    else:
+        body = "dims D\n input x[D]\n param p[D]\n state h[D] = 1\n update h = x\n output y = p / h"
+    rec = load(f"recurrence padded {{\n {body}\n}}")
+    for T in (5, 13, 37):  # none a multiple of its chunk length
+        assert T % chunk_length(T)
+    result = check(rec, lengths=(5, 13, 37), backends=("torch", "triton"))
+    assert {"torch", "triton"} <= set(result.checked), result.skipped
+    assert result.ok, [str(f) for f in result.failures]

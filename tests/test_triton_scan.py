@@ -85,7 +85,7 @@ def _compare(got, want, rtol, atol):
 
 def test_every_scan_spec_has_a_kernel():
     scan_specs = {n for n, (_, a, _) in KERNELS.items() if a.kind in ("diagonal", "minmax")}
-    assert set(WITH_KERNEL) == scan_specs and len(scan_specs) == 14
+    assert set(WITH_KERNEL) == scan_specs and len(scan_specs) == 15
 
 
 @pytest.mark.parametrize("T", [1, 17, 64, 100])
@@ -231,3 +231,34 @@ def test_generated_source_points_back_to_the_spec():
     )
     assert "tl.associative_scan" in kernel.source
     assert "# output output h" in kernel.source or "output h" in kernel.source
+
+
+# Every pattern of present and absent coefficients a diagonal block can have: a scan of
+# one operand (only a, only b), no scan (the update reads no state), identity updates,
+# partial 2x2 blocks. A scan of one operand once generated `A = tl.associative_scan((x,))`
+# (a 1-tuple, not a tensor): the random specs of test_backend_properties found it once.
+COEFFICIENT_PATTERNS = {
+    "only_a": "update h = a * h",
+    "only_b": "update h = x",
+    "identity": "update h = h",
+    "a_and_b": "update h = a * h + x",
+    "triangle_no_b": "update h = a * h\n update g = h + a * g",
+    "swap": "update h = g\n update g = h",
+    "coupled_no_b": "update h = a * g\n update g = a * h + g",
+}
+
+
+@pytest.mark.parametrize("name", sorted(COEFFICIENT_PATTERNS))
+def test_every_coefficient_pattern_runs_as_the_interpreter(name):
+    from recc.verify import check
+
+    update = COEFFICIENT_PATTERNS[name]
+    states = "state h[D] = 0.5" + ("\n state g[D] = -0.25" if " g" in update else "")
+    outputs = "output h" + ("\n output g" if " g" in update else "")
+    rec = load(
+        f"recurrence {name} {{\n dims D\n input a[D]\n input x[D]\n {states}\n"
+        f" {update}\n {outputs}\n}}"
+    )
+    result = check(rec, lengths=(13,), backends=("triton",))
+    assert "triton" in result.checked, result.skipped
+    assert result.ok, [str(f) for f in result.failures]

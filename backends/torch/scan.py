@@ -22,7 +22,6 @@ under torch.compile.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,13 +43,6 @@ def supports(analysis: Analysis) -> bool:
 def chunk_length(T: int) -> int:
     """About sqrt(T): balances the two passes (2L steps) against the carry (T/L)."""
     return max(1, min(256, math.ceil(math.sqrt(max(T, 1)))))
-
-
-@dataclass
-class _Step:
-    """One step's environment (inputs, params, state-free lets) for all chunks."""
-
-    env: dict[str, Any]
 
 
 class _Scan:
@@ -92,14 +84,19 @@ class _Scan:
                 a = [[self.coef(c, env, dims, shape) for c in row] for row in block.coupling]
                 b = [self.coef(c, env, dims, shape) for c in block.inject]
                 if valid is not None:
+                    # Padded steps get the identity's coefficients, by selection (a
+                    # `where`, whose backward never multiplies a padded step's garbage
+                    # by zero). An absent coefficient stays absent: multiplying by a
+                    # materialised 0 would make 0 * inf and 0 * NaN NaN. Nothing reads a
+                    # padded step's state (finals come from the last valid step).
                     a = [
                         [
-                            _where(valid, x, 1.0 if i == j else 0.0, shape, dtype)
+                            None if x is None else _where(valid, x, float(i == j), shape, dtype)
                             for j, x in enumerate(row)
                         ]
                         for i, row in enumerate(a)
                     ]
-                    b = [_where(valid, x, 0.0, shape, dtype) for x in b]
+                    b = [None if x is None else _where(valid, x, 0.0, shape, dtype) for x in b]
                 maps.append((a, b))
         else:
             assert isinstance(self.form, MinMaxForm)
@@ -171,7 +168,8 @@ class _Scan:
 def _where(valid, x, identity: float, shape, dtype, absent: float = 0.0) -> torch.Tensor:
     """`x` on valid chunks, the identity's coefficient on padded ones.
 
-    `absent` is what a None coefficient means (0 for a linear coefficient).
+    `absent` is what a None coefficient means: only MinMax's absent bounds are
+    materialised (+inf, 0, -inf are exact identities of min, + and max).
     """
     mask = valid.reshape((1, *valid.shape) + (1,) * (len(shape) - 1 - valid.dim()))
     if x is None:
@@ -222,122 +220,191 @@ def _map_tensors(tree, fn):
 def run_scan(
     rec: Recurrence, analysis: Analysis, bound: Bound, chunk: int | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Outputs `[B, T, (H), ...]` and final states, like `recc.interpreter.run`."""
-    scan = _Scan(rec, analysis, bound)
-    B, T = bound.B, bound.T
-    heads = bound.batch_heads
-    if T == 0:
+    """Outputs `[B, T, (H), ...]` and final states, like `recc.interpreter.run`.
+
+    MinMax recurrences under autograd take their gradients from the spec as
+    written (`spec_adjoint`): the canonical form max(min(s, a), b) has ties the
+    spec does not have, and a gradient is a routing through those ties."""
+    if bound.T == 0:
         outputs = {
             o.name: torch.zeros(
-                (B, 0, *heads, *bound.shape_of(o.expr.dims)),
+                (bound.B, 0, *bound.batch_heads, *bound.shape_of(o.expr.dims)),
                 dtype=bound.out_dtype,
                 device=bound.device,
             )
             for o in rec.outputs
         }
         return outputs, dict(bound.initial_state)
-    L = chunk or chunk_length(T)
-    nc = math.ceil(T / L)
-    pad = nc * L - T
-    inputs = {}
-    for name, x in bound.inputs.items():
-        if pad:
-            x = torch.cat([x, x[:, -1:].expand(B, pad, *x.shape[2:])], dim=1)
-        inputs[name] = x.reshape(B, nc, L, *x.shape[2:])
-    shapes = {s.name: (B, nc, *heads, *bound.shape_of(s.dims)) for s in rec.states}
-    # Steps past T in the last chunk are padding: they must act as the identity.
-    valid_from = L - pad  # first padded position within the last chunk
+    if isinstance(analysis.form, MinMaxForm) and _needs_grad(bound):
+        from recc.backends.torch.spec_adjoint import run_with_spec_gradients
 
-    def valid_at(i: int) -> torch.Tensor | None:
-        if i < valid_from:
-            return None
-        mask = torch.ones(nc, dtype=torch.bool, device=bound.device)
-        mask[-1] = False
-        return mask
-
-    state_size = sum(math.prod(shapes[s.name][2:]) for s in rec.states)
-    input_size = sum(math.prod(x.shape[3:]) for x in inputs.values())
-    if state_size <= input_size:
-        per_step = _vector_states(scan, bound, inputs, shapes, nc, L, T)
+        return run_with_spec_gradients(rec, analysis, bound, chunk)
+    scan = _Scan(rec, analysis, bound)
+    chunks = _Chunks(rec, bound, chunk)
+    if chunks.state_size() <= chunks.input_size():
+        finals, outputs_at = _vector_states(scan, bound, chunks)
     else:
-        per_step = _expanded_states(scan, bound, inputs, shapes, nc, L, valid_at)
-    finals, outputs_at = per_step
-    outputs = {}
-    for o in rec.outputs:
-        y = outputs_at[o.name]  # [B, nc, L, ...]
-        y = y.reshape(B, nc * L, *y.shape[3:])[:, :T]
-        outputs[o.name] = y.to(bound.out_dtype)
+        finals, outputs_at = _expanded_states(scan, bound, chunks)
+    outputs = {o.name: chunks.unchunk(outputs_at[o.name]).to(bound.out_dtype) for o in rec.outputs}
     return outputs, finals
 
 
+def _needs_grad(bound: Bound) -> bool:
+    tensors = [*bound.inputs.values(), *bound.params.values(), *bound.initial_state.values()]
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+class _Chunks:
+    """The sequence cut into `nc` chunks of `L` steps; the last chunk's tail is padding."""
+
+    def __init__(self, rec: Recurrence, bound: Bound, chunk: int | None) -> None:
+        B, T = bound.B, bound.T
+        self.T = T
+        self.L = L = chunk or chunk_length(T)
+        self.nc = nc = math.ceil(T / L)
+        self.pad = pad = nc * L - T
+        self.inputs = {}
+        for name, x in bound.inputs.items():
+            if pad:  # a detached copy of the last step: finite where the real steps
+                # are, and no gradient flows back from it
+                tail = x[:, -1:].detach().expand(B, pad, *x.shape[2:])
+                x = torch.cat([x, tail], dim=1)
+            self.inputs[name] = x.reshape(B, nc, L, *x.shape[2:])
+        heads = bound.batch_heads
+        self.shapes = {s.name: (B, nc, *heads, *bound.shape_of(s.dims)) for s in rec.states}
+        self.device = bound.device
+        # the final state is read at the last valid step, never past it
+        self.last_step = (T - 1) - (nc - 1) * L  # within the last chunk
+
+    def state_size(self) -> int:
+        return sum(math.prod(shape[2:]) for shape in self.shapes.values())
+
+    def input_size(self) -> int:
+        return sum(math.prod(x.shape[3:]) for x in self.inputs.values())
+
+    def valid(self) -> torch.Tensor | None:
+        """[nc, L]: True on real steps; None without padding."""
+        if not self.pad:
+            return None
+        steps = torch.arange(self.nc * self.L, device=self.device)
+        return (steps < self.T).reshape(self.nc, self.L)
+
+    def valid_at(self, i: int) -> torch.Tensor | None:
+        """[nc]: True where step i of a chunk is real; None where it is in every chunk."""
+        if i < self.L - self.pad:
+            return None
+        mask = torch.ones(self.nc, dtype=torch.bool, device=self.device)
+        mask[-1] = False
+        return mask
+
+    def inert(
+        self, x: torch.Tensor, valid: torch.Tensor | None, axes: int, last: torch.Tensor
+    ) -> torch.Tensor:
+        """A state `x` (leading [B, nc(, L)]) as the readouts see it: on padded steps,
+        a detached copy of `last`, the state at the last real step.
+
+        A padded step's own state may be anything (an update that reads no state
+        has no identity map: its padded steps give 0), and its readouts, though
+        discarded, are differentiated: with `q / h` at h = 0, autograd's 0 * inf
+        would carry NaN into the params' gradients. The last real state gives
+        padded readouts the derivatives of a real step, and no gradient."""
+        if valid is None:
+            return x
+        mask = valid.reshape((1, *valid.shape) + (1,) * (x.dim() - 1 - axes))
+        fill = last.detach().reshape(last.shape[0], *(1,) * axes, *last.shape[1:])
+        return torch.where(mask, x, fill)
+
+    def unchunk(self, y: torch.Tensor) -> torch.Tensor:
+        """[B, nc, L, ...] -> [B, T, ...]."""
+        return y.reshape(y.shape[0], self.nc * self.L, *y.shape[3:])[:, : self.T]
+
+
 def _carry(scan: _Scan, bound: Bound, summary, nc: int):
-    """The state entering each chunk, chunk by chunk; and the final state."""
+    """The state entering each chunk, chunk by chunk (the last chunk's own map,
+    which may hold padded steps, is never applied: the final state is read at the
+    last valid step)."""
     entering: list[dict[str, torch.Tensor]] = []
     state = {k: v for k, v in bound.initial_state.items()}
     for c in range(nc):
         entering.append(state)
+        if c == nc - 1:
+            break
         chunk_map = scan.chunk(summary, c)
         state = {
             k: torch.broadcast_to(v, bound.initial_state[k].shape)
             for k, v in scan.apply(chunk_map, state).items()
         }
-    stacked = {name: torch.stack([e[name] for e in entering], dim=1) for name in state}
-    return stacked, state
+    return {name: torch.stack([e[name] for e in entering], dim=1) for name in state}
 
 
-def _vector_states(scan: _Scan, bound: Bound, inputs, shapes, nc: int, L: int, T: int):
-    """States no larger than a step's inputs: whole-sequence gates, stored states.
+def state_history(scan: _Scan, bound: Bound, chunks: _Chunks):
+    """Every step's new state `[B, nc, L, (H), ...]` and the states entering each chunk.
 
-    The gates (every step's map) and the outputs are computed for the whole
-    sequence at once, in a few large tensor ops; only the recurrence itself
-    steps through time. Memory is O(inputs): the maps and the states over time
-    are no larger than the inputs.
-    """
-    B = bound.B
-    heads = bound.batch_heads
-    rec = scan.rec
-    env = scan.env_whole(inputs)
-    whole = {k: (B, nc, L, *v[2:]) for k, v in shapes.items()}
-    pad = nc * L - T
-    valid = None
-    if pad:  # steps past T (the end of the last chunk) act as the identity
-        valid = (torch.arange(nc * L, device=bound.device) < T).reshape(nc, L)
+    The gates (every step's map) are computed for the whole sequence at once,
+    in a few large tensor ops; only the recurrence itself steps through time."""
+    env = scan.env_whole(chunks.inputs)
+    B, nc, L = bound.B, chunks.nc, chunks.L
+    whole = {k: (B, nc, L, *v[2:]) for k, v in chunks.shapes.items()}
     # unbound once: slicing step i out of a tensor L times would cost autograd a
     # full-size gradient per slice; unbind's backward stacks them once
-    steps = _unbind_steps(scan.step_maps(env, whole, valid), L)
+    steps = _unbind_steps(scan.step_maps(env, whole, chunks.valid()), L)
     # pass 1: every chunk's map, composed step by step from the identity
     summary = steps[0]
     for i in range(1, L):
         summary = scan.compose(summary, steps[i])
-    entering, finals = _carry(scan, bound, summary, nc)
+    entering = _carry(scan, bound, summary, nc)
     # pass 2: the states, all chunks at once from their entering states (stacked,
     # not written into a buffer in place: autograd would copy the buffer per step)
-    current = {k: torch.broadcast_to(v, shapes[k]) for k, v in entering.items()}
+    current = {k: torch.broadcast_to(v, chunks.shapes[k]) for k, v in entering.items()}
     history: dict[str, list[torch.Tensor]] = {k: [] for k in entering}
     for i in range(L):
         current = scan.apply(steps[i], current)
         for k, v in current.items():
-            history[k].append(torch.broadcast_to(v, shapes[k]))
+            history[k].append(torch.broadcast_to(v, chunks.shapes[k]))
     states = {k: torch.stack(vs, dim=2) for k, vs in history.items()}
-    # outputs read the new states; state-dependent lets read the old ones
-    out_env = dict(env)
-    if scan.dependent_lets:
-        old = {
-            k: torch.cat([entering[k].unsqueeze(2), v[:, :, :-1]], dim=2) for k, v in states.items()
-        }
-        let_env = {**env, **{k: torch.broadcast_to(v, whole[k]) for k, v in old.items()}}
-        for let in scan.dependent_lets:
-            let_env[let.name] = evaluate(let.expr, let_env, scan.ops)
-            out_env[let.name] = let_env[let.name]
-    out_env.update(states)
-    outputs_at = {}
-    for o in rec.outputs:
-        shape = (B, nc, L, *heads, *bound.shape_of(o.expr.dims))
-        outputs_at[o.name] = torch.broadcast_to(evaluate(o.expr, out_env, scan.ops), shape)
+    return env, states, entering
+
+
+def _vector_states(scan: _Scan, bound: Bound, chunks: _Chunks):
+    """States no larger than a step's inputs: whole-sequence gates, stored states.
+
+    Memory is O(inputs): the maps and the states over time are no larger than
+    the inputs. Outputs are read off the stored states in a few large ops."""
+    env, states, entering = state_history(scan, bound, chunks)
+    finals = {k: v[:, -1, chunks.last_step] for k, v in states.items()}
+    old = {k: torch.cat([entering[k].unsqueeze(2), v[:, :, :-1]], dim=2) for k, v in states.items()}
+    valid = chunks.valid()
+    old = {k: chunks.inert(v, valid, 2, finals[k]) for k, v in old.items()}
+    new = {k: chunks.inert(v, valid, 2, finals[k]) for k, v in states.items()}
+    outputs_at = readouts(scan, bound, env, old, new, (bound.B, chunks.nc, chunks.L))
     return finals, outputs_at
 
 
-def _expanded_states(scan: _Scan, bound: Bound, inputs, shapes, nc: int, L: int, valid_at):
+def readouts(scan: _Scan, bound: Bound, env, old, new, lead: tuple[int, ...]):
+    """Every output from the new states; state-dependent lets read the old ones.
+
+    `old`, `new`: states over time with leading axes `lead` (then heads and dims)."""
+    rec = scan.rec
+    heads = bound.batch_heads
+    out_env = dict(env)
+    if scan.dependent_lets:
+        let_env = dict(env)
+        for s in rec.states:
+            let_env[s.name] = torch.broadcast_to(
+                old[s.name], (*lead, *heads, *bound.shape_of(s.dims))
+            )
+        for let in scan.dependent_lets:
+            let_env[let.name] = evaluate(let.expr, let_env, scan.ops)
+            out_env[let.name] = let_env[let.name]
+    out_env.update(new)
+    outputs_at = {}
+    for o in rec.outputs:
+        shape = (*lead, *heads, *bound.shape_of(o.expr.dims))
+        outputs_at[o.name] = torch.broadcast_to(evaluate(o.expr, out_env, scan.ops), shape)
+    return outputs_at
+
+
+def _expanded_states(scan: _Scan, bound: Bound, chunks: _Chunks):
     """States larger than a step's inputs (Mamba's [D, N]): never stored over time.
 
     Each step's gates are recomputed from the inputs in both passes, so the
@@ -350,13 +417,13 @@ def _expanded_states(scan: _Scan, bound: Bound, inputs, shapes, nc: int, L: int,
     B = bound.B
     heads = bound.batch_heads
     rec = scan.rec
+    L, nc, shapes = chunks.L, chunks.nc, chunks.shapes
     segment = math.isqrt(L - 1) + 1  # ceil(sqrt(L))
     starts = range(0, L, segment)
-    tensors = [*inputs.values(), *bound.params.values(), *bound.initial_state.values()]
-    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    recompute = _needs_grad(bound)
     # step views made once: slicing step i out of an input in every step would
     # cost autograd a full-size gradient per slice; unbind's backward stacks once
-    steps = {name: x.unbind(2) for name, x in inputs.items()}
+    steps = {name: x.unbind(2) for name, x in chunks.inputs.items()}
 
     def run(fn, *args):
         if recompute:
@@ -366,38 +433,46 @@ def _expanded_states(scan: _Scan, bound: Bound, inputs, shapes, nc: int, L: int,
     # pass 1: every chunk's map, composed step by step from the identity
     def compose_steps(summary, start: int):
         for i in range(start, min(start + segment, L)):
-            maps = scan.step_maps(scan.env_at(steps, i), shapes, valid_at(i))
+            maps = scan.step_maps(scan.env_at(steps, i), shapes, chunks.valid_at(i))
             summary = maps if summary is None else scan.compose(summary, maps)
         return summary
 
     summary = None
     for start in starts:
         summary = run(compose_steps, summary, start)
-    entering, finals = _carry(scan, bound, summary, nc)
+    entering = _carry(scan, bound, summary, nc)
 
     # pass 2: states and outputs, all chunks at once from their entering states
-    def run_steps(states, start: int):
+    def run_steps(states, start: int, last):
         ys: dict[str, list[torch.Tensor]] = {o.name: [] for o in rec.outputs}
+
+        def padded(state, valid, name):  # padded steps come after `last` is known
+            return state if valid is None else chunks.inert(state, valid, 1, last[name])
+
         for i in range(start, min(start + segment, L)):
             env = scan.env_at(steps, i)
-            maps = scan.step_maps(env, shapes, None)  # padded steps' outputs are dropped
+            valid = chunks.valid_at(i)
+            maps = scan.step_maps(env, shapes, valid)
             env = dict(env)
-            env.update(states)
+            env.update({k: padded(v, valid, k) for k, v in states.items()})
             for let in scan.dependent_lets:
                 env[let.name] = evaluate(let.expr, env, scan.ops)
             states = {
                 k: torch.broadcast_to(v, shapes[k]) for k, v in scan.apply(maps, states).items()
             }
-            out_env = {**env, **states}
+            if i == chunks.last_step:  # the last real step of the last chunk
+                last = {k: v[:, -1] for k, v in states.items()}
+            out_env = {**env, **{k: padded(v, valid, k) for k, v in states.items()}}
             for o in rec.outputs:
                 shape = (B, nc, *heads, *bound.shape_of(o.expr.dims))
                 ys[o.name].append(torch.broadcast_to(evaluate(o.expr, out_env, scan.ops), shape))
-        return states, ys
+        return states, ys, last
 
     states = entering
+    finals = None
     per_step: dict[str, list[torch.Tensor]] = {o.name: [] for o in rec.outputs}
     for start in starts:
-        states, ys = run(run_steps, states, start)
+        states, ys, finals = run(run_steps, states, start, finals)
         for name, values in ys.items():
             per_step[name].extend(values)
     return finals, {name: torch.stack(ys, dim=2) for name, ys in per_step.items()}

@@ -7,13 +7,22 @@ out for the spec's own inputs, params and states, and a wrapper function
 named after the recurrence that runs the Function on CUDA tensors and the
 torch backend elsewhere. It imports recc only for call checking, launching
 and the CPU path.
+
+Spec names are not always Python names (`lambda`, `None`, `initial_state`,
+`torch`), so every identifier the glue defines comes from the kernels'
+module namespace (`names.py`), and the wrapper takes the tensors by keyword
+(`**tensors`), exactly as `recc.compile(...)` does.
 """
 
 from __future__ import annotations
 
 from recc.analysis.forms import Analysis
+from recc.backends.triton.names import Namespace, docstring_text
 from recc.backends.triton.scan_codegen import generate_scan_module
 from recc.ir.nodes import Recurrence
+
+# What the glue imports or defines at module level, beside the kernels' names.
+_GLUE = ("_sys", "torch", "_recc", "_ScanKernel", "_bind", "_initial_states", "__all__")
 
 
 def _class_name(name: str) -> str:
@@ -22,16 +31,55 @@ def _class_name(name: str) -> str:
 
 def build_module(rec: Recurrence, analysis: Analysis) -> str:
     kernels, plan = generate_scan_module(rec, analysis)
-    inputs = [i.name for i in rec.inputs if i.name in dict(plan.inputs)]
-    unused = [i.name for i in rec.inputs if i.name not in dict(plan.inputs)]
-    params = [p.name for p in rec.params if p.name in dict(plan.params)]
-    states = [s.name for s in rec.states]
-    outputs = [o.name for o in rec.outputs]
-    tensors = inputs + params
-    init_args = [f"{s}_init" for s in states]
-    leaf_args = tensors + init_args
-    cls = _class_name(rec.name)
-    source = rec.source.replace('"""', '\\"\\"\\"')
+    module = plan.names.parent
+    assert module is not None
+    for name in _GLUE:
+        module.name(("glue", name), name)
+    spec_var = module.name(("glue", "SPEC"), "SPEC")
+    arguments_var = module.name(("glue", "ARGUMENTS"), "ARGUMENTS")
+    compiled = module.name(("glue", "_COMPILED"), "_COMPILED")
+    kernels_var = module.name(("glue", "_KERNELS"), "_KERNELS")
+    cls = module.name(("glue", "class"), _class_name(rec.name))
+    wrapper = module.name(("glue", "wrapper"), rec.name)
+
+    # every input (the call's batch and length come from them) and param, read by
+    # the kernels or not (those get no gradient), then the initial states
+    leaf_keys = [
+        *(("input", i.name) for i in rec.inputs),
+        *(("param", p.name) for p in rec.params),
+        *(("state", s.name) for s in rec.states),
+    ]
+    # the Function's arguments: one local scope for forward and backward
+    local = module.child()
+    local.name(("ctx",), "ctx")
+    for n in ("bound", "training", "outputs", "finals", "ckpts", "grads", "d_init"):
+        local.name(("local", n), n)
+    args = [
+        local.name(("leaf", kind, n), f"{n}_init" if kind == "state" else n)
+        for kind, n in leaf_keys
+    ]
+    ckpt_vars = [local.name(("ckpt", s.name), f"ckpt_{s.name}") for s in rec.states]
+    d_outs = [local.name(("dout", o.name), f"d_{o.name}") for o in rec.outputs]
+    d_finals = [local.name(("dfinal", s.name), f"d_{s.name}_final") for s in rec.states]
+    tensor_args = [(n, a) for (kind, n), a in zip(leaf_keys, args) if kind != "state"]
+    state_args = [(n, a) for (kind, n), a in zip(leaf_keys, args) if kind == "state"]
+
+    def as_dict(pairs) -> str:
+        return "{" + ", ".join(f"{n!r}: {a}" for n, a in pairs) + "}"
+
+    bind = [
+        "        bound = _bind(",
+        f"            {compiled}.spec,",
+        f"            {as_dict(tensor_args)},",
+        f"            {as_dict(state_args)},",
+        "            check_nan=False,",
+        "        )",
+    ]
+    outputs = ", ".join(f"outputs[{o.name!r}]" for o in rec.outputs)
+    finals = ", ".join(f"finals[{s.name!r}]" for s in rec.states)
+    saved = ", ".join([*args, *(f"ckpts[{s.name!r}]" for s in rec.states)])
+    returned = [f"grads.get({n!r})" for n, _ in tensor_args]
+    returned += [f"d_init[{n!r}]" for n, _ in state_args]
     lines = [
         kernels.rstrip(),
         "",
@@ -47,76 +95,75 @@ def build_module(rec: Recurrence, analysis: Analysis) -> str:
         "from recc.signature import bind as _bind",
         "from recc.signature import initial_states as _initial_states",
         "",
-        f'SPEC = """{source}"""',
+        f'{spec_var} = """{docstring_text(rec.source)}"""',
+        "# The Function's arguments in order: (kind, spec name).",
+        f"{arguments_var} = {tuple(leaf_keys)!r}",
         "",
-        '_COMPILED = _recc.compile(SPEC, backend="auto")',
-        "_KERNELS = _ScanKernel(_COMPILED.spec, _COMPILED.analysis, module=_sys.modules[__name__])",
+        f'{compiled} = _recc.compile({spec_var}, backend="auto")',
+        f"{kernels_var} = _ScanKernel({compiled}.spec, {compiled}.analysis, "
+        "module=_sys.modules[__name__])",
         "",
         "",
         f"class {cls}(torch.autograd.Function):",
-        f'    """{rec.name} on the kernels above: {plan.forward}, then {plan.backward}."""',
+        f'    """{docstring_text(rec.name)} on the kernels above: {plan.forward}, then '
+        f'{plan.backward}."""',
         "",
         "    @staticmethod",
-        f"    def forward(ctx, {', '.join(leaf_args)}):",
-        "        bound = _bind(",
-        "            _COMPILED.spec,",
-        f"            {{{', '.join(f'{n!r}: {n}' for n in tensors)}}},",
-        f"            {{{', '.join(f'{s!r}: {s}_init' for s in states)}}},",
-        "            check_nan=False,",
-        "        )",
+        f"    def forward(ctx, {', '.join(args)}):",
+        *bind,
         "        training = any(ctx.needs_input_grad)",
-        "        outputs, finals, ckpts = _KERNELS.forward(bound, True, checkpoints=training)",
-        f"        ctx.save_for_backward({', '.join(leaf_args)}, "
-        f"{', '.join(f'ckpts[{s!r}]' for s in states)})",
-        f"        return {', '.join(f'outputs[{o!r}]' for o in outputs)}, "
-        f"{', '.join(f'finals[{s!r}]' for s in states)}",
+        f"        outputs, finals, ckpts = {kernels_var}.forward(",
+        "            bound, True, checkpoints=training",
+        "        )",
+        f"        ctx.save_for_backward({saved})",
+        f"        return {outputs}, {finals}",
         "",
         "    @staticmethod",
-        f"    def backward(ctx, {', '.join(f'd_{o}' for o in outputs)}, "
-        f"{', '.join(f'd_{s}_final' for s in states)}):",
-        f"        {', '.join(leaf_args)}, {', '.join(f'ckpt_{s}' for s in states)} = "
-        "ctx.saved_tensors",
-        "        bound = _bind(",
-        "            _COMPILED.spec,",
-        f"            {{{', '.join(f'{n!r}: {n}' for n in tensors)}}},",
-        f"            {{{', '.join(f'{s!r}: {s}_init' for s in states)}}},",
-        "            check_nan=False,",
-        "        )",
-        "        grads, d_init = _KERNELS.backward(",
+        f"    def backward(ctx, {', '.join([*d_outs, *d_finals])}):",
+        f"        {', '.join([*args, *ckpt_vars])}, = ctx.saved_tensors",
+        *bind,
+        f"        grads, d_init = {kernels_var}.backward(",
         "            bound,",
-        f"            {{{', '.join(f'{s!r}: ckpt_{s}' for s in states)}}},",
-        f"            {{{', '.join(f'{o!r}: d_{o}' for o in outputs)}}},",
-        f"            {{{', '.join(f'{s!r}: d_{s}_final' for s in states)}}},",
+        f"            {as_dict(zip([s.name for s in rec.states], ckpt_vars))},",
+        f"            {as_dict(zip([o.name for o in rec.outputs], d_outs))},",
+        f"            {as_dict(zip([s.name for s in rec.states], d_finals))},",
         "        )",
-        f"        return {', '.join([f'grads[{n!r}]' for n in tensors] + [f'd_init[{s!r}]' for s in states])}",  # noqa: E501
+        f"        return {', '.join(returned)},",
         "",
         "",
-        f"def {rec.name}({', '.join(i.name for i in rec.inputs)}, "
-        f"{''.join(f'{p}, ' for p in [q.name for q in rec.params])}"
-        "initial_state=None, output_final_state=False):",
-        f'    """Run `{rec.name}`: inputs [B, T, (H), ...], params as declared, states',
-        "    [B, (H), ...]. CUDA tensors run the Triton kernels above; others the torch",
-        "    backend. Returns the output(s), and the final state(s) if asked.",
+        f"def {wrapper}(*, initial_state=None, output_final_state=False, **tensors):",
+        f'    """Run `{docstring_text(rec.name)}` on tensors passed by name: inputs '
+        f"{', '.join(i.name for i in rec.inputs)} as [B, T, (H), ...]",
+        f"    and params {', '.join(p.name for p in rec.params) or '(none)'} as declared; "
+        "initial states [B, (H), ...].",
+        "    CUDA tensors run the Triton kernels above; others the torch backend.",
+        "    Returns the output(s), and the final state(s) if asked.",
         '    """',
-        f"    tensors = {{{', '.join(f'{n!r}: {n}' for n in [i.name for i in rec.inputs] + [p.name for p in rec.params])}}}",  # noqa: E501
-        "    device = next(iter(tensors.values())).device",
-        '    if device.type != "cuda":',
-        "        return _COMPILED(",
+        "    device = next(iter(tensors.values())).device if tensors else None",
+        '    if device is None or device.type != "cuda":',
+        f"        return {compiled}(",
         "            **tensors, initial_state=initial_state, output_final_state=output_final_state",
         "        )",
-        "    bound = _bind(_COMPILED.spec, tensors, initial_state)  # checks shapes and NaN",
-        "    given = _initial_states(_COMPILED.spec, initial_state)",
-        f"    init = [given.get(s, bound.initial_state[s]) for s in {tuple(states)!r}]",
-        f"    results = {cls}.apply({', '.join(tensors)}, *init)",
+        f"    bound = _bind({compiled}.spec, tensors, initial_state)  # checks shapes and NaN",
+        f"    given = _initial_states({compiled}.spec, initial_state)",
+        "    leaves = [",
+        "        tensors[name] if kind != 'state' else given.get(name, bound.initial_state[name])",
+        f"        for kind, name in {arguments_var}",
+        "    ]",
+        f"    results = {cls}.apply(*leaves)",
     ]
-    if unused:
-        lines.append(f"    del {', '.join(unused)}  # not read by the kernels")
-    n_out = len(outputs)
+    n_out = len(rec.outputs)
     out_expr = "results[0]" if n_out == 1 else f"tuple(results[:{n_out}])"
-    fin_expr = f"results[{n_out}]" if len(states) == 1 else f"tuple(results[{n_out}:])"
+    fin_expr = f"results[{n_out}]" if len(rec.states) == 1 else f"tuple(results[{n_out}:])"
     lines += [
         f"    out = {out_expr}",
         f"    return (out, {fin_expr}) if output_final_state else out",
         "",
+        "",
+        f"__all__ = [{wrapper!r}, {cls!r}]",
+        "",
     ]
     return "\n".join(lines)
+
+
+__all__ = ["Namespace", "build_module"]

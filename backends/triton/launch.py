@@ -17,6 +17,7 @@ import torch
 from recc.analysis.forms import Analysis
 from recc.backends.triton.cache import load_module
 from recc.backends.triton.scan_codegen import ScanKernelPlan, TensorArg, generate_scan_module
+from recc.backends.triton.tile import TIME
 from recc.ir.nodes import Recurrence
 from recc.signature import Bound
 
@@ -44,7 +45,7 @@ def block_sizes(
     if plan.blocked is not None:
         blocks[plan.blocked] = min(_pow2(sizes[plan.blocked]), max(1, budget // 4 // whole))
         whole *= blocks[plan.blocked]
-    blocks["T"] = max(1, min(MAX_BLOCK_T, _pow2(budget // whole + 1) // 2))
+    blocks[TIME] = max(1, min(MAX_BLOCK_T, _pow2(budget // whole + 1) // 2))
     return blocks
 
 
@@ -85,10 +86,10 @@ class ScanKernel:
         heads = set() if bound.H is None else {"h"}
         tensors: dict[str, tuple[torch.Tensor, set[str]]] = {}
         for name, _ in self.plan.inputs:
-            tensors[name] = (bound.inputs[name], {"b", "t"} | heads)
+            tensors[("input", name)] = (bound.inputs[name], {"b", "t"} | heads)
         for name, dims in self.plan.params:
             p = bound.params[name]
-            tensors[name] = (p, {"h"} if p.dim() > len(dims) else set())
+            tensors[("param", name)] = (p, {"h"} if p.dim() > len(dims) else set())
         return tensors
 
     def _launch(self, kernel, args, tensors, bound: Bound, blocks, grid, **flags) -> None:
@@ -96,7 +97,7 @@ class ScanKernel:
 
         pointers, strides = [], []
         for arg in args:
-            x, present = tensors[arg.name]
+            x, present = tensors[arg.key]
             pointers.append(x)
             strides += _strides(arg, x, present)
         sizes = [bound.sizes[d] for d in self.plan.layout.dims]
@@ -107,7 +108,7 @@ class ScanKernel:
             bound.H or 1,
             *sizes,
             *strides,
-            **{f"BLOCK_{d}": v for d, v in blocks.items()},
+            **{self.plan.block_name(d): v for d, v in blocks.items()},
             **flags,
             DTYPE=dtype,
         )
@@ -119,24 +120,24 @@ class ScanKernel:
         blocks, _, grid = self._grid(bound, training=checkpoints)
         heads = set() if bound.H is None else {"h"}
         step, batch = {"b", "t"} | heads, {"b"} | heads
-        n_k = max(1, -(-T // blocks["T"]))
+        n_k = max(1, -(-T // blocks[TIME]))
         tensors = self._inputs_and_params(bound)
         outputs, finals, ckpts = {}, {}, {}
         for name, dims in plan.states:
-            tensors[f"{name}_init"] = (bound.initial_state[name], batch)
+            tensors[("init", name)] = (bound.initial_state[name], batch)
             shape = (B, *bound.batch_heads, *bound.shape_of(dims))
             finals[name] = torch.empty(shape, dtype=bound.compute_dtype, device=bound.device)
-            tensors[f"{name}_final"] = (finals[name], batch)
+            tensors[("final", name)] = (finals[name], batch)
             # without checkpoints a 1-element stand-in (STORE_CKPT=False never touches it)
             ckpt_shape = (
                 (B, bound.H or 1, n_k, *bound.shape_of(dims)) if checkpoints else (1,) * len(dims)
             )
             ckpts[name] = torch.empty(ckpt_shape, dtype=bound.compute_dtype, device=bound.device)
-            tensors[f"{name}_ckpt"] = (ckpts[name], {"b", "h", "k"} if checkpoints else set())
+            tensors[("ckpt", name)] = (ckpts[name], {"b", "h", "k"} if checkpoints else set())
         for name, dims in plan.outputs:
             shape = (B, T, *bound.batch_heads, *bound.shape_of(dims))
             outputs[name] = torch.empty(shape, dtype=bound.out_dtype, device=bound.device)
-            tensors[f"{name}_out"] = (outputs[name], step)
+            tensors[("out", name)] = (outputs[name], step)
         if T > 0:
             self._launch(
                 self.forward_kernel,
@@ -166,53 +167,57 @@ class ScanKernel:
         dev, dt = bound.device, bound.compute_dtype
         tensors = self._inputs_and_params(bound)
         for name, dims in plan.states:
-            tensors[f"{name}_ckpt"] = (ckpts[name], {"b", "h", "k"})
+            tensors[("ckpt", name)] = (ckpts[name], {"b", "h", "k"})
             shape = (B, *bound.batch_heads, *bound.shape_of(dims))
             d = d_finals.get(name)
             d = torch.zeros((), dtype=dt, device=dev).expand(shape) if d is None else d.to(dt)
-            tensors[f"{name}_dfinal"] = (d, batch)
+            tensors[("dfinal", name)] = (d, batch)
         for name, dims in plan.outputs:
             shape = (B, T, *bound.batch_heads, *bound.shape_of(dims))
             d = d_outputs.get(name)
             d = torch.zeros((), dtype=dt, device=dev).expand(shape) if d is None else d
-            tensors[f"{name}_dout"] = (d, step)
-        grads = {}
+            tensors[("dout", name)] = (d, step)
+        grads: dict[tuple[str, str], torch.Tensor] = {}
         for name, dims in plan.inputs:
             shape = (B, T, *bound.batch_heads, *bound.shape_of(dims))
+            key = ("input_grad", name)
             if plan.partial(dims):
-                grads[name] = torch.zeros((n_c, *shape), dtype=dt, device=dev)
-                tensors[f"{name}_grad"] = (grads[name], {"c"} | step)
+                grads[key] = torch.zeros((n_c, *shape), dtype=dt, device=dev)
+                tensors[key] = (grads[key], {"c"} | step)
             else:
-                grads[name] = torch.zeros(shape, dtype=dt, device=dev)
-                tensors[f"{name}_grad"] = (grads[name], step)
+                grads[key] = torch.zeros(shape, dtype=dt, device=dev)
+                tensors[key] = (grads[key], step)
         for name, dims in plan.params:
             shape = (B, bound.H or 1, n_c, *bound.shape_of(dims))
-            grads[name] = torch.zeros(shape, dtype=dt, device=dev)
-            tensors[f"{name}_grad"] = (grads[name], {"b", "h", "c"})
+            key = ("param_grad", name)
+            grads[key] = torch.zeros(shape, dtype=dt, device=dev)
+            tensors[key] = (grads[key], {"b", "h", "c"})
         for name, dims in plan.states:
             shape = (B, *bound.batch_heads, *bound.shape_of(dims))
+            key = ("dinit", name)
             if plan.partial(dims):
-                grads[f"{name}_dinit"] = torch.zeros((n_c, *shape), dtype=dt, device=dev)
-                tensors[f"{name}_dinit"] = (grads[f"{name}_dinit"], {"c"} | batch)
+                grads[key] = torch.zeros((n_c, *shape), dtype=dt, device=dev)
+                tensors[key] = (grads[key], {"c"} | batch)
             else:
-                grads[f"{name}_dinit"] = torch.zeros(shape, dtype=dt, device=dev)
-                tensors[f"{name}_dinit"] = (grads[f"{name}_dinit"], batch)
+                grads[key] = torch.zeros(shape, dtype=dt, device=dev)
+                tensors[key] = (grads[key], batch)
         if T > 0:
             self._launch(self.backward_kernel, plan.backward_args, tensors, bound, blocks, grid)
         else:
             for name, _ in plan.states:
                 d = d_finals.get(name)
                 if d is not None:
-                    grads[f"{name}_dinit"] = d.to(dt)
+                    grads[("dinit", name)] = d.to(dt)
         result = {}
         for name, dims in plan.inputs:
-            result[name] = grads[name].sum(0) if plan.partial(dims) else grads[name]
+            g = grads[("input_grad", name)]
+            result[name] = g.sum(0) if plan.partial(dims) else g
         for name, dims in plan.params:
-            g = grads[name].sum(dim=(0, 2))  # over batch and channel blocks: [H or 1, *dims]
+            g = grads[("param_grad", name)].sum(dim=(0, 2))  # over batch, channel blocks
             result[name] = g if bound.params[name].dim() > len(dims) else g.sum(0)
         init = {}
         for name, dims in plan.states:
-            g = grads[f"{name}_dinit"]
+            g = grads[("dinit", name)]
             init[name] = g.sum(0) if plan.partial(dims) and T > 0 else g
         return result, init
 
@@ -242,7 +247,7 @@ def compile_jobs(kernel: ScanKernel, arch: int, sizes: dict[str, int] | None = N
         for name, param in inspect.signature(fn.fn).parameters.items():
             if "constexpr" not in str(param.annotation):
                 signature[name] = "*fp32" if name.endswith("_ptr") else "i32"
-        constexprs = {f"BLOCK_{d}": v for d, v in blocks.items()}
+        constexprs = {plan.block_name(d): v for d, v in blocks.items()}
         constexprs.update(flags)
         constexprs["DTYPE"] = tl.float32
         jobs.append(CompileJob(fn, signature, constexprs, arch=arch, enable_fp_fusion=True))

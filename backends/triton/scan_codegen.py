@@ -14,34 +14,49 @@ Forward kernel (one program per batch x head and block of channels):
         (A, B) = tl.associative_scan over time with the class's combine
         states = A (x) carried state + B                    (every step of the block)
         outputs = readouts of the states, stored            (registers -> global)
-        carried state = the block's last row
+        carried state = the state at the block's last real step
     store the final state if asked
 
 so its global traffic is the inputs once, the outputs once and the final state.
 
 Backward kernel (same grid), blocks in reverse, from the checkpoints:
 
-    recompute a_t, b_t and, by a scan over pairs, (h_t, h_{t-1}) for the block
+    recompute a_t, b_t and, by the forward's scan, h_t for the block; h_{t-1}
+        by a scan that shifts h by one step (selection only: exact)
     output cotangents -> d h_t (reverse-mode AD of the readouts, in the tile)
     reverse scan over pairs: (g_t, u_t), g_t = dL/dh_t, u_t = J_t^T g_t
         (each step's map (g', u') -> (dh_t + u', J_t^T (dh_t + u')) only uses
         the current step's J_t: no shifted loads)
-    da_t = g_t (x) h_{t-1}, db_t = g_t; reverse AD through the gate expressions
+    diagonal: da_t = g_t (x) h_{t-1}, db_t = g_t; reverse AD through the gates.
+    MinMax: J_t and the operands' cotangents come from the spec's own update,
+        differentiated at h_{t-1} (the canonical form has ties the spec does
+        not have, and a MinMax gradient is a routing through ties)
     inputs' gradients stored per step; params' summed in registers;
     the initial state's gradient is u at t = 0.
 
-Tensors without the channel-split dim get per-channel-block partial
-gradients that the launcher sums (no atomics).
+Structure the spec has, the kernels keep: a coefficient that is absent (the
+update does not read that state) takes no slot in the scan, so 0 * inf and
+0 * NaN never arise from it; a state whose update reads no state is not
+scanned at all. Composed maps of a block with partly absent coupling hold the
+entries their products can reach, as zeros where a product is structurally
+zero (a non-finite state times such a zero is NaN: see docs/scan-lowering.md).
+
+Every identifier comes from one `Namespace` (`names.py`), so spec names never
+collide with the generator's. Tensors without the channel-split dim get
+per-channel-block partial gradients that the launcher sums (no atomics).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from recc.analysis.forms import Analysis, DiagonalBlock, DiagonalForm, MinMaxForm
 from recc.analysis.rewrite import state_dependent_lets
+from recc.backends.triton.names import Namespace, comment_text, docstring_text
 from recc.backends.triton.tile import (
     HELPERS,
+    NAN,
+    TIME,
     TileAdjoint,
     TileEmitter,
     TileLayout,
@@ -52,23 +67,25 @@ from recc.backends.triton.tile import (
 from recc.ir.nodes import Expr, Recurrence, Ref, walk
 
 INF = float("inf")
+# Names every generated module defines at top level.
+MODULE_NAMES = ("triton", "tl", "_tanh", "_softplus")
 
 
 @dataclass(frozen=True)
 class TensorArg:
-    """A tensor argument: pointer `{name}_ptr` and one stride per axis.
+    """A tensor argument: its pointer parameter and one stride parameter per axis.
 
-    Axes: "c" channel block (partial gradients), "b" batch, "t" time, "h"
-    heads (stride 0 when there are none), "k" checkpoint index, then dims.
+    `key` is the launcher's (role, spec name): ("input", "k"), ("init", "h"),
+    ("out", "y"), ... Axes: "c" channel block (partial gradients), "b" batch,
+    "t" time, "h" heads (stride 0 when there are none), "k" checkpoint index;
+    then the tensor's dims.
     """
 
-    name: str
+    key: tuple[str, str]
     axes: tuple[str, ...]
     dims: tuple[str, ...]
-
-    @property
-    def strides(self) -> list[str]:
-        return [f"s_{self.name}_{a}" for a in (*self.axes, *self.dims)]
+    pointer: str
+    strides: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,7 @@ class ScanKernelPlan:
 
     forward: str  # the @triton.jit functions' names
     backward: str
-    layout: TileLayout
+    layout: TileLayout  # with the kernels' identifiers for offsets, masks, blocks
     blocked: str | None  # the dim split across programs (never contracted)
     inputs: tuple[tuple[str, tuple[str, ...]], ...]
     params: tuple[tuple[str, tuple[str, ...]], ...]
@@ -85,14 +102,46 @@ class ScanKernelPlan:
     outputs: tuple[tuple[str, tuple[str, ...]], ...]
     forward_args: tuple[TensorArg, ...]
     backward_args: tuple[TensorArg, ...]
+    sizes: tuple[str, ...]  # the size parameter of each layout dim, in order
+    # module-level function names: "shift", and per group g {"combine", "combine_adjoint"}
+    functions: dict = field(compare=False, hash=False)
+    # the kernels' parameter scope; each kernel's locals live in a child of it
+    names: Namespace = field(compare=False, hash=False, repr=False)
 
     def partial(self, dims: tuple[str, ...]) -> bool:
         """Gradients of a tensor without the split dim are summed over channel blocks."""
         return self.blocked is not None and self.blocked not in dims
 
+    def block_name(self, axis: str) -> str:
+        """The constexpr block size of a layout dim, or of time (`TIME`)."""
+        return self.layout.block(axis)
+
 
 class Unsupported(Exception):
     """This spec has no Triton scan kernel (yet); the reason says why."""
+
+
+# Scalar parameters and locals every kernel has, claimed first so they keep
+# these spellings (a spec name like `T` or `i_b` then gets `T_2`, `i_b_2`).
+_KERNEL_NAMES = (
+    "T",
+    "H",
+    "DTYPE",
+    "STORE_FINAL",
+    "STORE_CKPT",
+    "i_bh",
+    "i_b",
+    "i_h",
+    "i_c",
+    "i_k",
+    "t0",
+    "t_end",
+    "i_rev",
+    "n_blocks",
+    "is_first",
+    "is_last",
+    "is_final",
+)
 
 
 def _layout(rec: Recurrence, exprs: list[Expr]) -> TileLayout:
@@ -115,6 +164,14 @@ def _coefficients(analysis: Analysis) -> list[Expr | None]:
     return [c for pair in form.coefficients.values() for c in pair]
 
 
+def _tensor_arg(ns: Namespace, key: tuple[str, str], axes, dims, pointer: str) -> TensorArg:
+    base = pointer.removesuffix("_ptr")
+    strides = tuple(
+        ns.name(("stride", key, i), f"s_{base}_{a}") for i, a in enumerate((*axes, *dims))
+    )
+    return TensorArg(key, tuple(axes), tuple(dims), ns.name(("pointer", key), pointer), strides)
+
+
 def plan_scan_kernel(rec: Recurrence, analysis: Analysis) -> ScanKernelPlan:
     if not isinstance(analysis.form, (DiagonalForm, MinMaxForm)):
         raise Unsupported(f"the {analysis.kind} class has no scan kernel")
@@ -129,14 +186,20 @@ def plan_scan_kernel(rec: Recurrence, analysis: Analysis) -> ScanKernelPlan:
                     f"output '{o.name}' reads let '{node.name}', which reads the old state"
                 )
     coefficients = [e for e in _coefficients(analysis) if e is not None]
+    updates = [u.expr for u in rec.updates] + [
+        let.expr for let in rec.lets if let.name in dependent
+    ]
     exprs = free_lets + coefficients + outputs
-    layout = _layout(rec, exprs)
-    reason = unsupported_reason(exprs, layout)
+    layout = _layout(rec, exprs + updates)
+    reason = unsupported_reason(exprs + updates, layout)
     if reason:
         raise Unsupported(reason)
-    contracted = contracted_dims(exprs)
+    for s in rec.states:
+        if len(set(s.dims)) != len(s.dims):
+            raise Unsupported(f"state '{s.name}' of shape {list(s.dims)} repeats a dim")
+    contracted = contracted_dims(exprs + updates)
     blocked = next((d for d in layout.dims if d not in contracted), None)
-    used = {n.name for e in exprs for n in walk(e) if isinstance(n, Ref)}
+    used = {n.name for e in exprs + updates for n in walk(e) if isinstance(n, Ref)}
     inputs = tuple((i.name, i.dims) for i in rec.inputs if i.name in used)
     params = tuple((p.name, p.dims) for p in rec.params if p.name in used)
     states = tuple((s.name, s.dims) for s in rec.states)
@@ -145,30 +208,50 @@ def plan_scan_kernel(rec: Recurrence, analysis: Analysis) -> ScanKernelPlan:
     def partial(dims):
         return blocked is not None and blocked not in dims
 
+    # module-level names first: no kernel parameter or local may shadow them
+    module = Namespace(MODULE_NAMES)
+    forward = module.name(("kernel", "forward"), f"{rec.name}_scan_fwd")
+    backward = module.name(("kernel", "backward"), f"{rec.name}_scan_bwd")
+    n_groups = len(analysis.form.blocks) if isinstance(analysis.form, DiagonalForm) else len(states)
+    functions: dict = {"shift": module.name(("shift",), "_shift_combine")}
+    for g in range(n_groups):
+        functions[g] = {
+            "combine": module.name(("combine", g), f"_combine_{g}"),
+            "combine_adjoint": module.name(("combine_adjoint", g), f"_combine_adjoint_{g}"),
+        }
+    ns = module.child()
+    for name in _KERNEL_NAMES:
+        ns.name(("kernel", name), name)
+    layout = layout.with_names(ns)
+    sizes = tuple(ns.name(("size", d), f"size_{d}") for d in layout.dims)
+
+    def arg(key, axes, dims, pointer):
+        return _tensor_arg(ns, key, axes, dims, pointer)
+
     forward_args = (
-        *(TensorArg(n, ("b", "t", "h"), d) for n, d in inputs),
-        *(TensorArg(n, ("h",), d) for n, d in params),
-        *(TensorArg(f"{n}_init", ("b", "h"), d) for n, d in states),
-        *(TensorArg(f"{n}_out", ("b", "t", "h"), d) for n, d in outs),
-        *(TensorArg(f"{n}_final", ("b", "h"), d) for n, d in states),
-        *(TensorArg(f"{n}_ckpt", ("b", "h", "k"), d) for n, d in states),
+        *(arg(("input", n), ("b", "t", "h"), d, f"{n}_ptr") for n, d in inputs),
+        *(arg(("param", n), ("h",), d, f"{n}_ptr") for n, d in params),
+        *(arg(("init", n), ("b", "h"), d, f"{n}_init_ptr") for n, d in states),
+        *(arg(("out", n), ("b", "t", "h"), d, f"{n}_out_ptr") for n, d in outs),
+        *(arg(("final", n), ("b", "h"), d, f"{n}_final_ptr") for n, d in states),
+        *(arg(("ckpt", n), ("b", "h", "k"), d, f"{n}_ckpt_ptr") for n, d in states),
     )
     backward_args = (
-        *(TensorArg(n, ("b", "t", "h"), d) for n, d in inputs),
-        *(TensorArg(n, ("h",), d) for n, d in params),
-        *(TensorArg(f"{n}_ckpt", ("b", "h", "k"), d) for n, d in states),
-        *(TensorArg(f"{n}_dout", ("b", "t", "h"), d) for n, d in outs),
-        *(TensorArg(f"{n}_dfinal", ("b", "h"), d) for n, d in states),
-        *(TensorArg(f"{n}_grad", ("c", "b", "t", "h"), d) for n, d in inputs),
-        *(TensorArg(f"{n}_grad", ("b", "h", "c"), d) for n, d in params),
+        *(arg(("input", n), ("b", "t", "h"), d, f"{n}_ptr") for n, d in inputs),
+        *(arg(("param", n), ("h",), d, f"{n}_ptr") for n, d in params),
+        *(arg(("ckpt", n), ("b", "h", "k"), d, f"{n}_ckpt_ptr") for n, d in states),
+        *(arg(("dout", n), ("b", "t", "h"), d, f"{n}_dout_ptr") for n, d in outs),
+        *(arg(("dfinal", n), ("b", "h"), d, f"{n}_dfinal_ptr") for n, d in states),
+        *(arg(("input_grad", n), ("c", "b", "t", "h"), d, f"{n}_grad_ptr") for n, d in inputs),
+        *(arg(("param_grad", n), ("b", "h", "c"), d, f"{n}_grad_ptr") for n, d in params),
         *(
-            TensorArg(f"{n}_dinit", ("c", "b", "h") if partial(d) else ("b", "h"), d)
+            arg(("dinit", n), ("c", "b", "h") if partial(d) else ("b", "h"), d, f"{n}_dinit_ptr")
             for n, d in states
         ),
     )
     return ScanKernelPlan(
-        forward=f"{rec.name}_scan_fwd",
-        backward=f"{rec.name}_scan_bwd",
+        forward=forward,
+        backward=backward,
         layout=layout,
         blocked=blocked,
         inputs=inputs,
@@ -177,6 +260,9 @@ def plan_scan_kernel(rec: Recurrence, analysis: Analysis) -> ScanKernelPlan:
         outputs=outs,
         forward_args=forward_args,
         backward_args=backward_args,
+        sizes=sizes,
+        functions=functions,
+        names=ns,
     )
 
 
@@ -184,10 +270,54 @@ def _cite(rec: Recurrence, span) -> str:
     """`spec line N: <the line>`, for comments in generated code."""
     if span is None:
         return "(no source line)"
-    return f"spec line {span.line}: {rec.line(span)}"
+    return comment_text(f"spec line {span.line}: {rec.line(span)}")
 
 
-# ---- combine functions --------------------------------------------------------
+# ---- structure of a block: which slots of its maps can be non-zero -----------
+
+
+def _closure(pattern: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Entries of every product of matrices with this sparsity (powers >= 1)."""
+    result = set(pattern)
+    while True:
+        grown = result | {(i, j) for (i, m) in result for (m2, j) in pattern if m == m2}
+        if grown == result:
+            return result
+        result = grown
+
+
+@dataclass(frozen=True)
+class _BlockStructure:
+    """Slots of a diagonal block's maps. Forward maps h -> A h + b: A over `a`,
+    b over `b`. Adjoint maps (u -> (R u + r, S u + s)): R and S over `adjoint`
+    (J^T's closure, with the diagonal for padded steps' identity)."""
+
+    k: int
+    own: frozenset[tuple[int, int]]  # the coupling the spec has
+    a: tuple[tuple[int, int], ...]
+    b: tuple[int, ...]
+    adjoint: tuple[tuple[int, int], ...]
+
+    @staticmethod
+    def of(block: DiagonalBlock) -> _BlockStructure:
+        k = block.size
+        own = {(i, j) for i in range(k) for j in range(k) if block.coupling[i][j] is not None}
+        a = _closure(own)
+        b = {i for i in range(k) if block.inject[i] is not None}
+        while True:
+            grown = b | {i for (i, m) in a if m in b}
+            if grown == b:
+                break
+            b = grown
+        transposed = {(j, i) for (i, j) in own}
+        adjoint = _closure(transposed | {(i, i) for i in range(k)}) if own else set()
+        return _BlockStructure(
+            k, frozenset(own), tuple(sorted(a)), tuple(sorted(b)), tuple(sorted(adjoint))
+        )
+
+
+def _sum_or_zero(terms: list[str], like: str) -> str:
+    return " + ".join(terms) if terms else f"tl.zeros_like({like})"
 
 
 def _jit(name: str, params: list[str], doc: str, results: list[str]) -> list[str]:
@@ -196,233 +326,270 @@ def _jit(name: str, params: list[str], doc: str, results: list[str]) -> list[str
     return lines + ["    )", "", ""]
 
 
-def _matmul(x: list[list[str]], y: list[list[str]]) -> list[list[str]]:
-    k = len(x)
-    return [
-        [" + ".join(f"{x[i][m]} * {y[m][j]}" for m in range(k)) for j in range(k)] for i in range(k)
-    ]
-
-
-def _matvec(x: list[list[str]], v: list[str], plus: list[str] | None = None) -> list[str]:
-    k = len(x)
-    return [
-        " + ".join([f"{x[i][m]} * {v[m]}" for m in range(k)] + ([plus[i]] if plus else []))
-        for i in range(k)
-    ]
-
-
-def _names(prefix: str, k: int) -> tuple[list[list[str]], list[str]]:
-    return [[f"{prefix}{i}{j}" for j in range(k)] for i in range(k)], [
-        f"{prefix}{i}" for i in range(k)
-    ]
-
-
-def _diagonal_combines(g: int, k: int) -> list[str]:
-    """Forward, forward-pair and backward-pair combines of a k x k block.
+def _diagonal_combines(names: dict[str, str], st: _BlockStructure) -> list[str]:
+    """The forward and adjoint combines of a block, over its slots only.
 
     Every combine takes (earlier, later) in application order and returns
     "earlier, then later" (Triton's reverse scans hand the step nearer the
-    end first, which is the one applied first to the adjoint).
-    """
-    a1, b1 = _names("a1_", k)
-    a2, b2 = _names("a2_", k)
-    params = [*sum(a1, []), *b1, *sum(a2, []), *b2]
-    fwd = _jit(
-        f"_combine_{g}",
-        params,
-        "h -> A1 h + b1, then h -> A2 h + b2: (A2 A1, A2 b1 + b2)",
-        [*sum(_matmul(a2, a1), []), *_matvec(a2, b1, b2)],
-    )
-    # forward pairs: x -> (P x + p, Q x + q); h_t and h_{t-1} from the entering state
-    p1, pv1 = _names("p1_", k)
-    q1, qv1 = _names("q1_", k)
-    p2, pv2 = _names("p2_", k)
-    q2, qv2 = _names("q2_", k)
-    params = [*sum(p1, []), *sum(q1, []), *pv1, *qv1, *sum(p2, []), *sum(q2, []), *pv2, *qv2]
-    pair = _jit(
-        f"_combine_pair_{g}",
-        params,
-        "x -> (P x + p, Q x + q) composed: (P2 P1, Q2 P1, P2 p1 + p2, Q2 p1 + q2)",
-        [
-            *sum(_matmul(p2, p1), []),
-            *sum(_matmul(q2, p1), []),
-            *_matvec(p2, pv1, pv2),
-            *_matvec(q2, pv1, qv2),
-        ],
-    )
-    # backward pairs: u' -> (R u' + r, S u' + s); gives (g_t, u_t) from the carry
-    r1, rv1 = _names("r1_", k)
-    s1, sv1 = _names("s1_", k)
-    r2, rv2 = _names("r2_", k)
-    s2, sv2 = _names("s2_", k)
-    params = [*sum(r1, []), *sum(s1, []), *rv1, *sv1, *sum(r2, []), *sum(s2, []), *rv2, *sv2]
-    back = _jit(
-        f"_combine_adjoint_{g}",
-        params,
-        "u -> (R u + r, S u + s) composed: (R2 S1, S2 S1, R2 s1 + r2, S2 s1 + s2)",
-        [
-            *sum(_matmul(r2, s1), []),
-            *sum(_matmul(s2, s1), []),
-            *_matvec(r2, sv1, rv2),
-            *_matvec(s2, sv1, sv2),
-        ],
-    )
-    return fwd + pair + back
+    end first, which is the one applied first to the adjoint)."""
+    lines: list[str] = []
+    a, b = st.a, st.b
+    if a:
+        A1 = {s: f"a1_{s[0]}{s[1]}" for s in a}
+        A2 = {s: f"a2_{s[0]}{s[1]}" for s in a}
+        B1 = {i: f"b1_{i}" for i in b}
+        B2 = {i: f"b2_{i}" for i in b}
+        params = [*A1.values(), *B1.values(), *A2.values(), *B2.values()]
+        results = [
+            _sum_or_zero(
+                [
+                    f"{A2[(i, m)]} * {A1[(m, j)]}"
+                    for m in range(st.k)
+                    if (i, m) in A2 and (m, j) in A1
+                ],
+                A1[(i, j)],
+            )
+            for (i, j) in a
+        ] + [
+            " + ".join([f"{A2[(i, m)]} * {B1[m]}" for m in b if (i, m) in A2] + [B2[i]]) for i in b
+        ]
+        lines += _jit(
+            names["combine"],
+            params,
+            "h -> A1 h + b1, then h -> A2 h + b2: (A2 A1, A2 b1 + b2)",
+            results,
+        )
+    adj = st.adjoint
+    if adj:
+        k = st.k
+        slot = {s: f"{s[0]}{s[1]}" for s in adj}
+        R1 = {s: f"r1_{slot[s]}" for s in adj}
+        S1 = {s: f"s1_{slot[s]}" for s in adj}
+        R2 = {s: f"r2_{slot[s]}" for s in adj}
+        S2 = {s: f"s2_{slot[s]}" for s in adj}
+        rv1 = [f"rv1_{i}" for i in range(k)]
+        sv1 = [f"sv1_{i}" for i in range(k)]
+        rv2 = [f"rv2_{i}" for i in range(k)]
+        sv2 = [f"sv2_{i}" for i in range(k)]
+        params = [*R1.values(), *S1.values(), *rv1, *sv1, *R2.values(), *S2.values(), *rv2, *sv2]
+
+        def product(X, Y, i, j):
+            return _sum_or_zero(
+                [f"{X[(i, m)]} * {Y[(m, j)]}" for m in range(k) if (i, m) in X and (m, j) in Y],
+                Y[(i, j)],
+            )
+
+        def apply(X, v, plus, i):
+            return " + ".join(
+                [f"{X[(i, m)]} * {v[m]}" for m in range(k) if (i, m) in X] + [plus[i]]
+            )
+
+        results = (
+            [product(R2, S1, i, j) for (i, j) in adj]
+            + [product(S2, S1, i, j) for (i, j) in adj]
+            + [apply(R2, sv1, rv2, i) for i in range(k)]
+            + [apply(S2, sv1, sv2, i) for i in range(k)]
+        )
+        lines += _jit(
+            names["combine_adjoint"],
+            params,
+            "u -> (R u + r, S u + s) composed: (R2 S1, S2 S1, R2 s1 + r2, S2 s1 + s2)",
+            results,
+        )
+    return lines
 
 
-def _minmax_combines(g: int, semiring: str) -> list[str]:
+def _minmax_combines(names: dict[str, str], semiring: str) -> list[str]:
     if semiring == "max-min":
         doc = "max(min(h, a1), b1), then max(min(h, a2), b2)"
-
-        def then(a1, b1, a2, b2):
-            return f"tl.minimum({a1}, {a2})", f"tl.maximum(tl.minimum({a2}, {b1}), {b2})"
+        results = [
+            f"tl.minimum(a1, a2, {NAN})",
+            f"tl.maximum(tl.minimum(a2, b1, {NAN}), b2, {NAN})",
+        ]
     else:
         doc = "max(h + a1, b1), then max(h + a2, b2)"
-
-        def then(a1, b1, a2, b2):
-            return f"{a1} + {a2}", f"tl.maximum({b1} + {a2}, {b2})"
-
-    fwd = _jit(f"_combine_{g}", ["a1", "b1", "a2", "b2"], doc, list(then("a1", "b1", "a2", "b2")))
-    # pairs of maps x -> (F(x), G(x)): (F2 after F1, G2 after F1)
-    pair = _jit(
-        f"_combine_pair_{g}",
-        ["fa1", "fb1", "ga1", "gb1", "fa2", "fb2", "ga2", "gb2"],
-        "x -> (F x, G x) composed: (F2 F1, G2 F1)",
-        [*then("fa1", "fb1", "fa2", "fb2"), *then("fa1", "fb1", "ga2", "gb2")],
-    )
+        results = ["a1 + a2", f"tl.maximum(b1 + a2, b2, {NAN})"]
+    fwd = _jit(names["combine"], ["a1", "b1", "a2", "b2"], doc, results)
+    # The adjoint's S is a routing (0 or 1): cotangents are selected, never
+    # multiplied, so a NaN the state does not flow through stays where it is.
     back = _jit(
-        f"_combine_adjoint_{g}",
+        names["combine_adjoint"],
         ["r1", "s1", "rv1", "sv1", "r2", "s2", "rv2", "sv2"],
-        "u -> (R u + r, S u + s) composed: (R2 S1, S2 S1, R2 s1 + r2, S2 s1 + s2)",
-        ["r2 * s1", "s2 * s1", "r2 * sv1 + rv2", "s2 * sv1 + sv2"],
+        "u -> (R u + r, S u + s) for 0/1 routings R, S: (R2 S1, S2 S1, R2 s1 + r2, S2 s1 + s2)",
+        [
+            "r2 * s1",
+            "s2 * s1",
+            "tl.where(r2 != 0.0, sv1, 0.0) + rv2",
+            "tl.where(s2 != 0.0, sv1, 0.0) + sv2",
+        ],
     )
-    return fwd + pair + back
+    return fwd + back
+
+
+def _shift_combine(name: str) -> list[str]:
+    return _jit(
+        name,
+        ["v1", "p1", "n1", "v2", "p2", "n2"],
+        "the last two values of a run of n: (last, the one before it, n)",
+        ["v2", "tl.where(n2 > 1.0, p2, v1)", "n1 + n2"],
+    )
 
 
 # ---- the writer -----------------------------------------------------------------
 
 
 class _Writer:
-    def __init__(self, rec: Recurrence, analysis: Analysis, plan: ScanKernelPlan) -> None:
+    """Writes one kernel (forward or backward) in its own local scope."""
+
+    def __init__(
+        self, rec: Recurrence, analysis: Analysis, plan: ScanKernelPlan, ns: Namespace, fns
+    ) -> None:
         self.rec, self.analysis, self.plan = rec, analysis, plan
         self.layout = plan.layout
         self.form = analysis.form
+        self.ns = ns
+        self.fns = fns  # module-level function names (combines)
         if isinstance(self.form, DiagonalForm):
             self.groups: list = list(self.form.blocks)
+            self.structures = [_BlockStructure.of(b) for b in self.form.blocks]
         else:
             self.groups = [s.name for s in rec.states]
+            self.structures = []
         self.dependent = state_dependent_lets(rec, {s.name for s in rec.states})
         self.args: dict[str, TensorArg] = {}
+
+    def v(self, *key: object, preferred: str) -> str:
+        """A local variable of this kernel."""
+        return self.ns.name(key, preferred)
+
+    def value(self, name: str) -> str:
+        """The variable holding spec name `name`'s tile (an input, param or free let)."""
+        return self.v("value", name, preferred=name)
 
     # -- addressing --
     def offset(self, arg: TensorArg, time: bool = True) -> str:
         parts = []
         index = {"c": "i_c", "b": "i_b", "h": "i_h", "k": "i_k"}
-        for axis, stride in zip((*arg.axes, *arg.dims), arg.strides):
+        n = len(arg.axes)
+        for axis, stride in zip(arg.axes, arg.strides[:n]):  # launch axes
             if axis == "t":
                 if time:
                     parts.append(f"{self.layout.time_index()} * {stride}")
-            elif axis in index:
-                parts.append(f"{index[axis]} * {stride}")
             else:
-                parts.append(f"{self.layout.index(axis)} * {stride}")
+                parts.append(f"{index[axis]} * {stride}")
+        for dim, stride in zip(arg.dims, arg.strides[n:]):  # the tensor's own dims
+            parts.append(f"{self.layout.index(dim)} * {stride}")
         return " + ".join(parts) if parts else "0"
 
     def mask(self, dims, time: bool) -> str:
-        parts = (["m_T"] if time else []) + [f"m_{d}" for d in dims]
+        parts = ([self.layout.mask(TIME)] if time else []) + [self.layout.mask(d) for d in dims]
         return " & ".join(parts) if parts else "None"
 
     def load(self, arg: TensorArg, time: bool) -> str:
-        pointer = f"{arg.name}_ptr + {self.offset(arg, time)}"
+        pointer = f"{arg.pointer} + {self.offset(arg, time)}"
         m = self.mask(arg.dims, time and "t" in arg.axes)
         if m == "None":
-            return f"tl.load({pointer}).to(DTYPE)"
-        return f"tl.load({pointer}, mask={m}, other=0.0).to(DTYPE)"
+            value = f"tl.load({pointer}).to(DTYPE)"
+        else:
+            value = f"tl.load({pointer}, mask={m}, other=0.0).to(DTYPE)"
+        if not arg.dims and not (time and "t" in arg.axes):  # a scalar: as a [1, ...] tile
+            value = f"({value} + tl.zeros({self.layout.shape((), time=False)}, DTYPE))"
+        return value
 
     def store(self, arg: TensorArg, value: str, dims, time: bool) -> str:
-        pointer = f"{arg.name}_ptr + {self.offset(arg, time)}"
+        pointer = f"{arg.pointer} + {self.offset(arg, time)}"
         shape = self.layout.shape(dims, time=time)
         full = f"({value} + tl.zeros({shape}, DTYPE))"
         if not dims and not time:  # a scalar slot: the [1, 1, ...] tile as a scalar
             full = f"tl.sum({full})"
-        full = f"{full}.to({arg.name}_ptr.dtype.element_ty)"
+        full = f"{full}.to({arg.pointer}.dtype.element_ty)"
         m = self.mask(dims, time)
         return f"tl.store({pointer}, {full}" + (f", mask={m})" if m != "None" else ")")
 
     # -- shared pieces --
     def signature(self, name: str, args: tuple[TensorArg, ...], flags: list[str]) -> list[str]:
+        layout = self.layout
         lines = ["@triton.jit", f"def {name}("]
-        lines += [f"    {a.name}_ptr," for a in args]
-        lines += ["    T,", "    H,"] + [f"    size_{d}," for d in self.layout.dims]
+        lines += [f"    {a.pointer}," for a in args]
+        lines += ["    T,", "    H,"] + [f"    {s}," for s in self.plan.sizes]
         lines += [f"    {s}," for a in args for s in a.strides]
-        lines += ["    BLOCK_T: tl.constexpr,"]
-        lines += [f"    BLOCK_{d}: tl.constexpr," for d in self.layout.dims]
+        lines += [f"    {layout.block(TIME)}: tl.constexpr,"]
+        lines += [f"    {layout.block(d)}: tl.constexpr," for d in layout.dims]
         lines += [f"    {f}: tl.constexpr," for f in flags] + ["    DTYPE: tl.constexpr,", "):"]
-        self.args = {a.name: a for a in args}
+        self.args = {a.key: a for a in args}
         return lines
 
     def setup(self) -> list[str]:
+        layout = self.layout
         lines = ["i_bh = tl.program_id(0)", "i_b = i_bh // H", "i_h = i_bh % H"]
         lines.append("i_c = tl.program_id(1)")
-        for d in self.layout.dims:
-            start = f"i_c * BLOCK_{d} + " if d == self.plan.blocked else ""
-            lines.append(f"o_{d} = {start}tl.arange(0, BLOCK_{d})")
-            lines.append(f"m_{d} = {self.layout.index(d)} < size_{d}")
-        lines.append("# params: loaded once")
+        for d, size in zip(layout.dims, self.plan.sizes):
+            block = layout.block(d)
+            start = f"i_c * {block} + " if d == self.plan.blocked else ""
+            lines.append(f"{layout.offsets(d)} = {start}tl.arange(0, {block})")
+            lines.append(f"{layout.mask(d)} = {layout.index(d)} < {size}")
+        if self.plan.params:
+            lines.append("# params: loaded once")
         for n, _ in self.plan.params:
-            lines.append(f"{n} = {self.load(self.args[n], time=False)}")
+            lines.append(f"{self.value(n)} = {self.load(self.args[('param', n)], time=False)}")
         return lines
 
     def step_block(self, t0: str) -> list[str]:
+        t = self.layout.time_index()
         lines = [
-            f"o_T = {t0} + tl.arange(0, BLOCK_T)",
-            f"m_T = {self.layout.time_index()} < T",
-            f"is_first = {self.layout.time_index()} == {t0}",
-            f"is_last = {self.layout.time_index()} == {t0} + BLOCK_T - 1",
+            f"{self.layout.offsets(TIME)} = {t0} + tl.arange(0, {self.layout.block(TIME)})",
+            f"{self.layout.mask(TIME)} = {t} < T",
+            f"is_first = {t} == {t0}",
         ]
         for n, _ in self.plan.inputs:
-            lines.append(f"{n} = {self.load(self.args[n], time=True)}")
+            lines.append(f"{self.value(n)} = {self.load(self.args[('input', n)], time=True)}")
         return lines
 
     def names(self) -> dict[str, str]:
-        found = {n: n for n, _ in self.plan.inputs}
-        found.update({n: n for n, _ in self.plan.params})
+        found = {n: self.value(n) for n, _ in self.plan.inputs}
+        found.update({n: self.value(n) for n, _ in self.plan.params})
         return found
 
+    def emitter(self) -> TileEmitter:
+        return TileEmitter(self.layout, self.names(), self.ns)
+
+    def state_var(self, kind: str, name: str) -> str:
+        """A per-state variable: kind in carry, new, old, u, uu, g, dh."""
+        return self.v(kind, name, preferred=f"{name}_{kind}")
+
     def lets_and_coefficients(self, emitter: TileEmitter) -> dict[int, dict]:
-        """Emit the lets and every group's coefficient tiles (identity on padded steps)."""
+        """Emit the free lets and every group's coefficient tiles (identity on padded steps)."""
         rec, form = self.rec, self.form
+        m_T = self.layout.mask(TIME)
         for let in rec.lets:
             if let.name in self.dependent:
                 continue
             value = emitter.emit(let.expr)
             if not any(isinstance(n, Ref) for n in walk(let.expr)):  # a constant: typed,
                 value = f"tl.full([], {value}, DTYPE)"  # or Triton would keep it in fp32
-            emitter.lines.append(f"{let.name} = {value}  # {_cite(rec, let.span)}")
-            emitter.names[let.name] = let.name
+            var = self.value(let.name)
+            emitter.lines.append(f"{var} = {value}  # {_cite(rec, let.span)}")
+            emitter.names[let.name] = var
         coefficients: dict[int, dict] = {}
         for g, group in enumerate(self.groups):
             if isinstance(form, DiagonalForm):
-                k = group.size
+                st = self.structures[g]
                 dims = rec.state(group.states[0]).dims
-                a = [
-                    [
-                        self.full(
-                            emitter,
-                            f"a{g}_{i}{j}",
-                            group.coupling[i][j],
-                            dims,
-                            0.0,
-                            1.0 if i == j else 0.0,
-                        )
-                        for j in range(k)
-                    ]
-                    for i in range(k)
-                ]
-                b = [
-                    self.full(emitter, f"b{g}_{i}", group.inject[i], dims, 0.0, 0.0)
-                    for i in range(k)
-                ]
+                shape = self.layout.shape(dims)
+                a = {}
+                for i, j in st.own:
+                    value = f"({emitter.emit(group.coupling[i][j])}) + tl.zeros({shape}, DTYPE)"
+                    name = self.v("a", g, i, j, preferred=f"a{g}_{i}{j}")
+                    # padded steps act as the identity (the adjoint scan passes through them)
+                    emitter.lines.append(f"{name} = tl.where({m_T}, {value}, {float(i == j)!r})")
+                    a[(i, j)] = name
+                b = {}
+                for i in range(st.k):
+                    if group.inject[i] is not None:
+                        value = f"({emitter.emit(group.inject[i])}) + tl.zeros({shape}, DTYPE)"
+                        name = self.v("b", g, i, preferred=f"b{g}_{i}")
+                        emitter.lines.append(f"{name} = tl.where({m_T}, {value}, 0.0)")
+                        b[i] = name
                 coefficients[g] = {
                     "a": a,
                     "b": b,
@@ -433,18 +600,22 @@ class _Writer:
                 s = rec.state(group)
                 a_expr, b_expr = form.coefficients[group]
                 identity_a = INF if form.semiring == "max-min" else 0.0
-                a = self.full(emitter, f"a{g}", a_expr, s.dims, identity_a, identity_a)
-                b = self.full(emitter, f"b{g}", b_expr, s.dims, -INF, -INF)
+                a = self.full(emitter, ("a", g), f"a{g}", a_expr, s.dims, identity_a)
+                b = self.full(emitter, ("b", g), f"b{g}", b_expr, s.dims, -INF)
                 coefficients[g] = {"a": a, "b": b, "dims": s.dims, "exprs": (a_expr, b_expr)}
         return coefficients
 
-    def full(self, emitter: TileEmitter, name: str, expr, dims, absent: float, identity: float):
+    def full(self, emitter: TileEmitter, key, preferred: str, expr, dims, identity: float):
+        """A MinMax coefficient tile: an absent one is the identity (exact: min(h, inf) = h,
+        h + 0 = h, max(h, -inf) = h), as are padded steps."""
         shape = self.layout.shape(dims)
+        name = self.v(*key, preferred=preferred)
         if expr is None:
-            value = f"tl.full({shape}, {literal(absent)}, DTYPE)"
+            emitter.lines.append(f"{name} = tl.full({shape}, {literal(identity)}, DTYPE)")
         else:
             value = f"({emitter.emit(expr)}) + tl.zeros({shape}, DTYPE)"
-        emitter.lines.append(f"{name} = tl.where(m_T, {value}, {literal(identity)})")
+            mask = self.layout.mask(TIME)
+            emitter.lines.append(f"{name} = tl.where({mask}, {value}, {literal(identity)})")
         return name
 
     def group_states(self, g: int) -> list[str]:
@@ -456,6 +627,59 @@ class _Writer:
         spans = [u.span for u in self.rec.updates if u.name in names]
         return [f"# scan of {', '.join(names)}"] + [f"#   {_cite(self.rec, s)}" for s in spans]
 
+    def zeros(self, dims) -> str:
+        return f"tl.zeros({self.layout.shape(dims)}, DTYPE)"
+
+    # -- the forward scan, shared by both kernels --
+    def forward_scan(self, g: int, c: dict) -> list[str]:
+        """Every step's new state of group g from the carried state."""
+        states = self.group_states(g)
+        if isinstance(self.form, DiagonalForm):
+            st = self.structures[g]
+            dims = c["dims"]
+            if not st.a:  # the update reads no state: nothing to scan
+                return [
+                    f"{self.state_var('new', s)} = {c['b'].get(i, self.zeros(dims))}"
+                    + ("" if i in c["b"] else "  # the update is 0")
+                    for i, s in enumerate(states)
+                ]
+            operands = [c["a"].get(slot, self.zeros(dims)) for slot in st.a]
+            operands += [c["b"].get(i, self.zeros(dims)) for i in st.b]
+            scanned_a = {
+                slot: self.v("A", g, *slot, preferred=f"A{g}_{slot[0]}{slot[1]}") for slot in st.a
+            }
+            scanned_b = {i: self.v("B", g, i, preferred=f"B{g}_{i}") for i in st.b}
+            lines = [
+                # The trailing comma unpacks a scan of one operand too (it returns a 1-tuple).
+                f"{', '.join([*scanned_a.values(), *scanned_b.values()])}, = tl.associative_scan("
+                f"({', '.join(operands)},), 0, {self.fns[g]['combine']})"
+            ]
+            for i, target in enumerate(states):
+                terms = [
+                    f"{scanned_a[(i, j)]} * {self.state_var('carry', s)}"
+                    for j, s in enumerate(states)
+                    if (i, j) in scanned_a
+                ]
+                if i in scanned_b:
+                    terms.append(scanned_b[i])
+                lines.append(
+                    f"{self.state_var('new', target)} = {_sum_or_zero(terms, self.zeros(dims))}"
+                )
+            return lines
+        (name,) = states
+        A, B = self.v("A", g, preferred=f"A{g}"), self.v("B", g, preferred=f"B{g}")
+        lines = [
+            f"{A}, {B} = tl.associative_scan(({c['a']}, {c['b']}), 0, {self.fns[g]['combine']})"
+        ]
+        new = self.apply_minmax(self.state_var("carry", name), A, B)
+        lines.append(f"{self.state_var('new', name)} = {new}")
+        return lines
+
+    def apply_minmax(self, x: str, a: str, b: str) -> str:
+        if self.form.semiring == "max-min":
+            return f"tl.maximum(tl.minimum({x}, {a}, {NAN}), {b}, {NAN})"
+        return f"tl.maximum({x} + {a}, {b}, {NAN})"
+
     # -- forward --
     def forward(self) -> list[str]:
         plan, rec = self.plan, self.rec
@@ -463,59 +687,47 @@ class _Writer:
         body = self.setup()
         body.append("# initial states")
         for n, _ in plan.states:
-            body.append(f"{n}_carry = {self.load(self.args[n + '_init'], time=False)}")
-        body.append("for t0 in range(0, T, BLOCK_T):")
-        loop = ["i_k = t0 // BLOCK_T", "if STORE_CKPT:"]
+            body.append(
+                f"{self.state_var('carry', n)} = {self.load(self.args[('init', n)], time=False)}"
+            )
+        block_t = self.layout.block(TIME)
+        body.append(f"for t0 in range(0, T, {block_t}):")
+        loop = [f"i_k = t0 // {block_t}", "if STORE_CKPT:"]
         for n, dims in plan.states:
-            loop.append("    " + self.store(self.args[n + "_ckpt"], f"{n}_carry", dims, False))
+            loop.append(
+                "    " + self.store(self.args[("ckpt", n)], self.state_var("carry", n), dims, False)
+            )
         loop += self.step_block("t0")
-        emitter = TileEmitter(self.layout, self.names())
+        loop += [f"t_end = t0 + {block_t}", "if t_end > T:", "    t_end = T"]
+        loop.append(
+            f"is_last = {self.layout.time_index()} == t_end - 1  # the block's last real step"
+        )
+        emitter = self.emitter()
         coefficients = self.lets_and_coefficients(emitter)
         for g in range(len(self.groups)):
             emitter.lines += self.group_cite(g)
             emitter.lines += self.forward_scan(g, coefficients[g])
         for n, _ in plan.states:
-            emitter.names[n] = f"{n}_new"
+            emitter.names[n] = self.state_var("new", n)
         for o in rec.outputs:
             value = emitter.emit(o.expr)
             emitter.lines.append(f"# {_cite(rec, o.span)}")
-            emitter.lines.append(self.store(self.args[o.name + "_out"], value, o.expr.dims, True))
-        emitter.lines.append("# carry the block's last row (padded steps were the identity)")
+            emitter.lines.append(self.store(self.args[("out", o.name)], value, o.expr.dims, True))
+        emitter.lines.append("# carry the state of the block's last real step")
         for n, _ in plan.states:
+            last = f"tl.where(is_last, {self.state_var('new', n)}, 0.0)"
             emitter.lines.append(
-                f"{n}_carry = tl.sum(tl.where(is_last, {n}_new, 0.0), axis=0, keep_dims=True)"
+                f"{self.state_var('carry', n)} = tl.sum({last}, axis=0, keep_dims=True)"
             )
         loop += emitter.lines
         body += ["    " + line for line in loop]
         body.append("if STORE_FINAL:")
         for n, dims in plan.states:
-            body.append("    " + self.store(self.args[n + "_final"], f"{n}_carry", dims, False))
+            body.append(
+                "    "
+                + self.store(self.args[("final", n)], self.state_var("carry", n), dims, False)
+            )
         return lines + ["    " + line for line in body]
-
-    def forward_scan(self, g: int, c: dict) -> list[str]:
-        states = self.group_states(g)
-        if isinstance(self.form, DiagonalForm):
-            k = len(states)
-            operands = [*sum(c["a"], []), *c["b"]]
-            scanned = [f"S{g}_{i}{j}" for i in range(k) for j in range(k)]
-            scanned += [f"S{g}_{i}" for i in range(k)]
-            lines = [
-                f"{', '.join(scanned)} = tl.associative_scan(({', '.join(operands)},), 0, "
-                f"_combine_{g})"
-            ]
-            for i, target in enumerate(states):
-                terms = [f"S{g}_{i}{j} * {s}_carry" for j, s in enumerate(states)]
-                lines.append(f"{target}_new = {' + '.join(terms)} + S{g}_{i}")
-            return lines
-        (name,) = states
-        lines = [f"A{g}, B{g} = tl.associative_scan(({c['a']}, {c['b']}), 0, _combine_{g})"]
-        inner = (
-            f"tl.minimum({name}_carry, A{g})"
-            if self.form.semiring == "max-min"
-            else f"{name}_carry + A{g}"
-        )
-        lines.append(f"{name}_new = tl.maximum({inner}, B{g})")
-        return lines
 
     # -- backward --
     def backward(self) -> list[str]:
@@ -524,27 +736,32 @@ class _Writer:
         body = self.setup()
         body.append("# adjoint entering from after the last step: the final state's cotangent")
         for n, dims in plan.states:
-            body.append(
-                f"{n}_u = {self.once(self.load(self.args[n + '_dfinal'], time=False), dims)}"
-            )
+            dfinal = self.once(self.load(self.args[("dfinal", n)], time=False), dims)
+            body.append(f"{self.state_var('u', n)} = {dfinal}")
         for n, dims in plan.params:
-            body.append(f"{n}_acc = tl.zeros({layout.shape(dims, time=False)}, DTYPE)")
-        body.append("n_blocks = tl.cdiv(T, BLOCK_T)")
+            zeros = f"tl.zeros({layout.shape(dims, time=False)}, DTYPE)"
+            body.append(f"{self.v('acc', n, preferred=f'{n}_acc')} = {zeros}")
+        body.append(f"n_blocks = tl.cdiv(T, {layout.block(TIME)})")
         body.append("for i_rev in range(0, n_blocks):")
-        loop = ["i_k = n_blocks - 1 - i_rev", "t_start = i_k * BLOCK_T"]
-        loop += self.step_block("t_start")
+        loop = ["i_k = n_blocks - 1 - i_rev", f"t0 = i_k * {layout.block(TIME)}"]
+        loop += self.step_block("t0")
+        loop.append(f"is_final = {layout.time_index()} == T - 1")
         for n, _ in plan.states:
-            loop.append(f"{n}_carry = {self.load(self.args[n + '_ckpt'], time=False)}")
-        emitter = TileEmitter(layout, self.names())
+            loop.append(
+                f"{self.state_var('carry', n)} = {self.load(self.args[('ckpt', n)], time=False)}"
+            )
+        emitter = self.emitter()
         coefficients = self.lets_and_coefficients(emitter)
         loop += emitter.lines
         emitter.lines = []
-        # states h_t and h_{t-1} of the block, by a scan over pairs of maps
+        # h_t by the forward's own scan (the same values), h_{t-1} by a shift
         for g in range(len(self.groups)):
             loop += self.group_cite(g)
-            loop += self.pair_scan(g, coefficients[g])
+            loop += self.forward_scan(g, coefficients[g])
+            for n in self.group_states(g):
+                loop += self.shift(n)
         for n, _ in plan.states:
-            emitter.names[n] = f"{n}_new"
+            emitter.names[n] = self.state_var("new", n)
         outputs = [o.expr for o in rec.outputs]
         for o in rec.outputs:
             emitter.emit(o.expr)
@@ -554,8 +771,8 @@ class _Writer:
         adjoint = TileAdjoint(emitter, self.timed_names())
         loop.append("# output cotangents")
         for o in rec.outputs:
-            arg = self.args[o.name + "_dout"]
-            var = f"{o.name}_dy"
+            arg = self.args[("dout", o.name)]
+            var = self.v("dy", o.name, preferred=f"{o.name}_dy")
             loop.append(f"{var} = {self.once(self.load(arg, time=True), o.expr.dims)}")
             adjoint.seed(o.expr, var, (True, o.expr.dims))
         loop += adjoint.run(outputs, stop_at_names=True)
@@ -563,33 +780,59 @@ class _Writer:
             dh = adjoint.name_cotangent(n)
             mask = self.mask(dims, True)
             value = "0.0" if dh is None else dh
-            loop.append(
-                f"{n}_dh = tl.where({mask}, {value} + tl.zeros({layout.shape(dims)}, DTYPE), 0.0)"
-            )
+            full = f"{value} + tl.zeros({layout.shape(dims)}, DTYPE)"
+            loop.append(f"{self.state_var('dh', n)} = tl.where({mask}, {full}, 0.0)")
         # the adjoint scan and the coefficient cotangents
+        roots = list(outputs)
         for g in range(len(self.groups)):
-            loop += self.adjoint_scan(g, coefficients[g], adjoint)
+            if isinstance(self.form, DiagonalForm):
+                loop += self.diagonal_adjoint(g, coefficients[g], adjoint)
+                roots += [e for e in _coefficients_of(self.groups[g]) if e is not None]
+            else:
+                step, seeded = self.minmax_adjoint(g, coefficients[g], adjoint, emitter)
+                loop += step
+                roots += seeded
         loop.append("# reverse-mode AD of the lets and gates")
-        roots = [e for e in _coefficients(self.analysis) if e is not None] + outputs
         loop += adjoint.run(roots, lets=[let for let in rec.lets if let.name not in self.dependent])
         for n, dims in plan.inputs:
             ct = adjoint.name_cotangent(n)
             if ct is not None:
-                loop.append(self.store(self.args[n + "_grad"], ct, dims, True))
+                loop.append(self.store(self.args[("input_grad", n)], ct, dims, True))
         for n, _ in plan.params:
             ct = adjoint.name_cotangent(n)
             if ct is not None:
-                loop.append(f"{n}_acc += {ct}  # already summed over the block's steps")
+                acc = self.v("acc", n, preferred=f"{n}_acc")
+                loop.append(f"{acc} += {ct}  # already summed over the block's steps")
         loop.append("# the adjoint handed to the previous block: u at the block's first step")
         for n, _ in plan.states:
-            loop.append(f"{n}_u = tl.sum(tl.where(is_first, {n}_uu, 0.0), axis=0, keep_dims=True)")
+            first = f"tl.where(is_first, {self.state_var('uu', n)}, 0.0)"
+            loop.append(f"{self.state_var('u', n)} = tl.sum({first}, axis=0, keep_dims=True)")
         body += ["    " + line for line in loop]
         body.append("# d initial state = u_0; params' cotangents summed over this program's steps")
         for n, dims in plan.states:
-            body.append(self.store(self.args[n + "_dinit"], f"{n}_u", dims, False))
+            body.append(self.store(self.args[("dinit", n)], self.state_var("u", n), dims, False))
         for n, dims in plan.params:
-            body.append(self.store(self.args[n + "_grad"], f"{n}_acc", dims, False))
+            body.append(
+                self.store(
+                    self.args[("param_grad", n)],
+                    self.v("acc", n, preferred=f"{n}_acc"),
+                    dims,
+                    False,
+                )
+            )
         return lines + ["    " + line for line in body]
+
+    def shift(self, name: str) -> list[str]:
+        """h_{t-1} of every step of the block: the block's entering state, then h_t
+        one step later (a scan that only selects values, so it is exact)."""
+        new, old = self.state_var("new", name), self.state_var("old", name)
+        prev = self.v("prev", name, preferred=f"{name}_prev")
+        ones = f"tl.full({self.layout.shape(self.rec.state(name).dims)}, 1.0, DTYPE)"
+        n = self.v("run", name, preferred=f"{name}_run")
+        return [
+            f"_, {prev}, {n} = tl.associative_scan(({new}, {new}, {ones}), 0, {self.fns['shift']})",
+            f"{old} = tl.where(is_first, {self.state_var('carry', name)}, {prev})",
+        ]
 
     def once(self, value: str, dims) -> str:
         """A cotangent of a value without the split dim: every channel block computes that
@@ -608,135 +851,182 @@ class _Writer:
             timed[let.name] = any(timed.get(r, False) for r in refs)
         return timed
 
-    def pair_scan(self, g: int, c: dict) -> list[str]:
-        """(h_t, h_{t-1}) for every step of the block from the entering state."""
-        states = self.group_states(g)
-        shape = self.layout.shape(c["dims"])
-        if isinstance(self.form, DiagonalForm):
-            k = len(states)
-            eye = [
-                [f"tl.full({shape}, {1.0 if i == j else 0.0}, DTYPE)" for j in range(k)]
-                for i in range(k)
-            ]
-            zero = [f"tl.zeros({shape}, DTYPE)"] * k
-            operands = [*sum(c["a"], []), *sum(eye, []), *c["b"], *zero]
-            P = [[f"P{g}_{i}{j}" for j in range(k)] for i in range(k)]
-            Q = [[f"Q{g}_{i}{j}" for j in range(k)] for i in range(k)]
-            p = [f"P{g}_{i}" for i in range(k)]
-            q = [f"Q{g}_{i}" for i in range(k)]
-            outs = [*sum(P, []), *sum(Q, []), *p, *q]
-            lines = [
-                f"{', '.join(outs)} = tl.associative_scan(({', '.join(operands)},), 0, "
-                f"_combine_pair_{g})"
-            ]
-            for i, name in enumerate(states):
-                new = " + ".join(f"{P[i][j]} * {s}_carry" for j, s in enumerate(states))
-                old = " + ".join(f"{Q[i][j]} * {s}_carry" for j, s in enumerate(states))
-                lines.append(f"{name}_new = {new} + {p[i]}")
-                lines.append(f"{name}_old = {old} + {q[i]}")
-            return lines
-        (name,) = states
-        identity_a = INF if self.form.semiring == "max-min" else 0.0
-        operands = [
-            c["a"],
-            c["b"],
-            f"tl.full({shape}, {literal(identity_a)}, DTYPE)",
-            f"tl.full({shape}, {literal(-INF)}, DTYPE)",
-        ]
-        lines = [
-            f"FA{g}, FB{g}, GA{g}, GB{g} = tl.associative_scan(({', '.join(operands)},), 0, "
-            f"_combine_pair_{g})"
-        ]
-        lines.append(f"{name}_new = {self.apply_minmax(f'{name}_carry', f'FA{g}', f'FB{g}')}")
-        lines.append(f"{name}_old = {self.apply_minmax(f'{name}_carry', f'GA{g}', f'GB{g}')}")
-        return lines
-
-    def apply_minmax(self, x: str, a: str, b: str) -> str:
-        if self.form.semiring == "max-min":
-            return f"tl.maximum(tl.minimum({x}, {a}), {b})"
-        return f"tl.maximum({x} + {a}, {b})"
-
-    def adjoint_scan(self, g: int, c: dict, adjoint: TileAdjoint) -> list[str]:
+    def diagonal_adjoint(self, g: int, c: dict, adjoint: TileAdjoint) -> list[str]:
         """g_t = dh_t + J_{t+1}^T g_{t+1} by a reverse scan; then da_t, db_t as seeds."""
         states = self.group_states(g)
+        st = self.structures[g]
         dims = c["dims"]
         shape = self.layout.shape(dims)
         valid = self.mask(dims, True)
+        k = st.k
         lines = [f"# adjoint of {', '.join(states)}: g_t = dL/dh_t, u_t = J_t^T g_t"]
-        if isinstance(self.form, DiagonalForm):
-            k = len(states)
-            a = c["a"]
-            eye = [
-                [f"tl.full({shape}, {1.0 if i == j else 0.0}, DTYPE)" for j in range(k)]
+        dh = [self.state_var("dh", s) for s in states]
+        u = [self.state_var("u", s) for s in states]
+        gs = [self.state_var("g", s) for s in states]
+        uu = [self.state_var("uu", s) for s in states]
+        if not st.adjoint:  # the update reads no state: J = 0, the adjoint stops here
+            for i in range(k):
+                lines.append(
+                    f"{gs[i]} = tl.where({valid}, {dh[i]} + tl.where(is_final, {u[i]}, 0.0), 0.0)"
+                )
+                lines.append(f"{uu[i]} = {self.zeros(dims)}")
+        else:
+            # J^T of each step, over the adjoint's slots; padded steps are the identity
+            jt = {}
+            for i, j in st.adjoint:  # slot (i, j) of J^T is J[j][i]
+                if (j, i) in c["a"]:
+                    jt[(i, j)] = c["a"][(j, i)]
+                else:
+                    # a slot the spec lacks: 0 on real steps, the identity's on padded ones
+                    padded = f"tl.where({self.layout.mask(TIME)}, 0.0, {float(i == j)!r})"
+                    jt[(i, j)] = f"({padded} + tl.zeros({shape}, DTYPE))"
+            eye = {s: f"tl.full({shape}, {float(s[0] == s[1])!r}, DTYPE)" for s in st.adjoint}
+            jt_dh = [
+                "("
+                + _sum_or_zero([f"{jt[(i, m)]} * {dh[m]}" for m in range(k) if (i, m) in jt], dh[i])
+                + ")"
                 for i in range(k)
             ]
-            dh = [f"{s}_dh" for s in states]
-            jt = [[a[j][i] for j in range(k)] for i in range(k)]  # J^T
-            jt_dh = [f"({e})" for e in _matvec(jt, dh)]
-            operands = [*sum(eye, []), *sum(jt, []), *dh, *jt_dh]
-            R = [[f"R{g}_{i}{j}" for j in range(k)] for i in range(k)]
-            S = [[f"U{g}_{i}{j}" for j in range(k)] for i in range(k)]
-            r = [f"R{g}_{i}" for i in range(k)]
-            s = [f"U{g}_{i}" for i in range(k)]
+            operands = [*eye.values(), *jt.values(), *dh, *jt_dh]
+            R = {s: self.v("R", g, *s, preferred=f"R{g}_{s[0]}{s[1]}") for s in st.adjoint}
+            S = {s: self.v("U", g, *s, preferred=f"U{g}_{s[0]}{s[1]}") for s in st.adjoint}
+            r = [self.v("R", g, i, preferred=f"R{g}_{i}") for i in range(k)]
+            sv = [self.v("U", g, i, preferred=f"U{g}_{i}") for i in range(k)]
             lines.append(
-                f"{', '.join([*sum(R, []), *sum(S, []), *r, *s])} = tl.associative_scan("
-                f"({', '.join(operands)},), 0, _combine_adjoint_{g}, reverse=True)"
+                f"{', '.join([*R.values(), *S.values(), *r, *sv])} = tl.associative_scan("
+                f"({', '.join(operands)},), 0, {self.fns[g]['combine_adjoint']}, reverse=True)"
             )
-            for i, name in enumerate(states):
-                gi = " + ".join(f"{R[i][j]} * {t}_u" for j, t in enumerate(states))
-                ui = " + ".join(f"{S[i][j]} * {t}_u" for j, t in enumerate(states))
-                lines.append(f"{name}_g = tl.where({valid}, {gi} + {r[i]}, 0.0)")
-                lines.append(f"{name}_uu = {ui} + {s[i]}")
-            coupling, inject = c["exprs"]
-            for i, name in enumerate(states):
-                for j, other in enumerate(states):
-                    if coupling[i][j] is not None:
-                        lines.append(f"da{g}_{i}{j} = tl.where(m_T, {name}_g * {other}_old, 0.0)")
-                        adjoint.seed(coupling[i][j], f"da{g}_{i}{j}", (True, dims))
-                if inject[i] is not None:
-                    adjoint.seed(inject[i], f"{name}_g", (True, dims))
-            return lines
-        (name,) = states
-        a, b = c["a"], c["b"]
-        if self.form.semiring == "max-min":
-            inner = f"tl.minimum({name}_old, {a})"
-            route = f"({name}_old <= {a}) & ({inner} >= {b})"
-            to_a = f"({a} < {name}_old) & ({inner} >= {b})"
-        else:
-            inner = f"{name}_old + {a}"
-            route = f"({inner} >= {b})"
-            to_a = route
-        lines.append(f"rho{g} = tl.where({route}, 1.0, 0.0)  # d h_t / d h_(t-1): 0 or 1")
-        one = f"tl.full({shape}, 1.0, DTYPE)"
-        operands = [one, f"rho{g}", f"{name}_dh", f"rho{g} * {name}_dh"]
-        lines.append(
-            f"R{g}, U{g}, Rv{g}, Uv{g} = tl.associative_scan(({', '.join(operands)},), "
-            f"0, _combine_adjoint_{g}, reverse=True)"
-        )
-        lines.append(f"{name}_g = tl.where({valid}, R{g} * {name}_u + Rv{g}, 0.0)")
-        lines.append(f"{name}_uu = U{g} * {name}_u + Uv{g}")
-        a_expr, b_expr = c["exprs"]
-        if a_expr is not None:
-            lines.append(f"da{g} = tl.where(m_T & {to_a}, {name}_g, 0.0)")
-            adjoint.seed(a_expr, f"da{g}", (True, c["dims"]))
-        if b_expr is not None:
-            lines.append(f"db{g} = tl.where(m_T & ({b} > {inner}), {name}_g, 0.0)")
-            adjoint.seed(b_expr, f"db{g}", (True, c["dims"]))
+            for i in range(k):
+                gi = " + ".join([f"{R[(i, j)]} * {u[j]}" for j in range(k) if (i, j) in R] + [r[i]])
+                ui = " + ".join(
+                    [f"{S[(i, j)]} * {u[j]}" for j in range(k) if (i, j) in S] + [sv[i]]
+                )
+                lines.append(f"{gs[i]} = tl.where({valid}, {gi}, 0.0)")
+                lines.append(f"{uu[i]} = {ui}")
+        coupling, inject = c["exprs"]
+        m_T = self.layout.mask(TIME)
+        for i in range(len(states)):
+            for j, other in enumerate(states):
+                if coupling[i][j] is not None:
+                    da = self.v("da", g, i, j, preferred=f"da{g}_{i}{j}")
+                    lines.append(
+                        f"{da} = tl.where({m_T}, {gs[i]} * {self.state_var('old', other)}, 0.0)"
+                    )
+                    adjoint.seed(coupling[i][j], da, (True, dims))
+            if inject[i] is not None:
+                adjoint.seed(inject[i], gs[i], (True, dims))
         return lines
+
+    def minmax_adjoint(self, g: int, c: dict, adjoint: TileAdjoint, emitter: TileEmitter):
+        """MinMax: the routing and the operands' cotangents from the spec's own update at
+        h_{t-1}. Returns the statements and the names whose cotangents it seeded."""
+        (name,) = self.group_states(g)
+        rec = self.rec
+        dims = c["dims"]
+        shape = self.layout.shape(dims)
+        valid = self.mask(dims, True)
+        m_T = self.layout.mask(TIME)
+        # the update as written, with the state read as h_{t-1}; state-free values shared
+        spec = TileEmitter(self.layout, dict(emitter.names), self.ns)
+        spec.memo = {
+            e: v for e, v in emitter.memo.items() if not _reads_state(rec, e, self.dependent)
+        }
+        for s in rec.states:
+            spec.names[s.name] = self.state_var("old", s.name)
+        dependent = [let for let in rec.lets if let.name in self.dependent]
+        for let in dependent:
+            var = self.v("old_let", let.name, preferred=f"{let.name}_at_old")
+            spec.lines.append(f"{var} = {spec.emit(let.expr)}  # {_cite(rec, let.span)}")
+            spec.names[let.name] = var
+        update = rec.update_of(name)
+        spec.lines.append(f"# {_cite(rec, next(u.span for u in rec.updates if u.name == name))}")
+        root = spec.emit(update)
+        lines = [f"# adjoint of {name}: its routing from the update as written, at the old state"]
+        lines += spec.lines
+        timed = self.timed_names()
+        timed.update({let.name: True for let in dependent})
+        # d h_t / d h_{t-1}: the update's cotangent 1 routed to the state (0 or 1)
+        routing = TileAdjoint(spec, timed)
+        ones = self.v("ones", g, preferred=f"ones{g}")
+        lines.append(f"{ones} = tl.full({shape}, 1.0, DTYPE)")
+        routing.seed(update, ones, (True, dims))
+        lines += routing.run([update], lets=dependent, stop_at_names=True)
+        rho = self.v("rho", g, preferred=f"rho{g}")
+        through = routing.name_cotangent(name)
+        value = "0.0" if through is None else f"({through}) + tl.zeros({shape}, DTYPE)"
+        lines.append(
+            f"{rho} = tl.where({m_T}, {value}, 1.0)  # d h_t / d h_(t-1), 1 on padded steps"
+        )
+        dh, u = self.state_var("dh", name), self.state_var("u", name)
+        gs, uu = self.state_var("g", name), self.state_var("uu", name)
+        routed_dh = f"tl.where({rho} != 0.0, {dh}, 0.0)"
+        R, U = self.v("R", g, preferred=f"R{g}"), self.v("U", g, preferred=f"U{g}")
+        Rv, Uv = self.v("Rv", g, preferred=f"Rv{g}"), self.v("Uv", g, preferred=f"Uv{g}")
+        one = f"tl.full({shape}, 1.0, DTYPE)"
+        lines.append(
+            f"{R}, {U}, {Rv}, {Uv} = tl.associative_scan(({one}, {rho}, {dh}, {routed_dh}), "
+            f"0, {self.fns[g]['combine_adjoint']}, reverse=True)"
+        )
+        lines.append(f"{gs} = tl.where({valid}, tl.where({R} != 0.0, {u}, 0.0) + {Rv}, 0.0)")
+        lines.append(f"{uu} = tl.where({U} != 0.0, {u}, 0.0) + {Uv}")
+        # the operands' cotangents: g_t pushed back through the update as written
+        operands = TileAdjoint(spec, timed)
+        operands.seed(update, gs, (True, dims))
+        lines += operands.run([update], lets=dependent)
+        seeded = []
+        for ref in _free_refs(rec, update, self.dependent):
+            ct = operands.name_cotangent(ref.name)
+            if ct is not None:
+                adjoint.seed(ref, ct, (timed.get(ref.name, False), ref.dims))
+                seeded.append(ref)
+        del root
+        return lines, seeded
+
+
+def _coefficients_of(block: DiagonalBlock) -> list[Expr | None]:
+    return [c for row in block.coupling for c in row] + list(block.inject)
+
+
+def _reads_state(rec: Recurrence, expr: Expr, dependent: set[str]) -> bool:
+    states = {s.name for s in rec.states}
+    return any(isinstance(n, Ref) and (n.name in states or n.name in dependent) for n in walk(expr))
+
+
+def _free_refs(rec: Recurrence, expr: Expr, dependent: set[str]) -> list[Ref]:
+    """References to inputs, params and free lets an update reads, through its
+    state-dependent lets; one per name."""
+    lets = {let.name: let.expr for let in rec.lets}
+    found: dict[str, Ref] = {}
+    stack = [expr]
+    seen: set[str] = set()
+    while stack:
+        for node in walk(stack.pop()):
+            if not isinstance(node, Ref) or node.role == "state":
+                continue
+            if node.name in dependent:
+                if node.name not in seen:
+                    seen.add(node.name)
+                    stack.append(lets[node.name])
+            else:
+                found.setdefault(node.name, node)
+    return list(found.values())
 
 
 def generate_scan_module(rec: Recurrence, analysis: Analysis) -> tuple[str, ScanKernelPlan]:
     """The source of a module with the forward and backward scan kernels."""
     plan = plan_scan_kernel(rec, analysis)
-    writer = _Writer(rec, analysis, plan)
+    fns = plan.functions
+    forward = _Writer(rec, analysis, plan, plan.names.child(), fns)
+    backward = _Writer(rec, analysis, plan, plan.names.child(), fns)
     out = [
-        f'"""Triton scan kernels for recurrence `{rec.name}` ({rec.filename}), generated by recc.',
+        f'"""Triton scan kernels for recurrence `{rec.name}` ({docstring_text(rec.filename)}), '
+        "generated by recc.",
         "",
         f"Class: {analysis.kind}" + (f" ({analysis.semiring})" if analysis.semiring else "") + ".",
         f"Tile axes: (time, {', '.join(plan.layout.dims)}); programs split dim {plan.blocked}.",
         "DTYPE is the compute type: fp32, or fp64 for fp64 inputs. The spec:",
         "",
-        *[f"    {line}" for line in rec.source.strip().splitlines()],
+        *[f"    {line}" for line in docstring_text(rec.source.strip()).splitlines()],
         '"""',
         "",
         "import triton",
@@ -746,12 +1036,13 @@ def generate_scan_module(rec: Recurrence, analysis: Analysis) -> tuple[str, Scan
         HELPERS,
         "",
     ]
-    for g, group in enumerate(writer.groups):
+    out += _shift_combine(fns["shift"])
+    for g, group in enumerate(forward.groups):
         if isinstance(group, DiagonalBlock):
-            out += _diagonal_combines(g, group.size)
+            out += _diagonal_combines(fns[g], _BlockStructure.of(group))
         else:
-            out += _minmax_combines(g, analysis.semiring)
-    out += writer.forward()
+            out += _minmax_combines(fns[g], analysis.semiring)
+    out += forward.forward()
     out += ["", ""]
-    out += writer.backward()
+    out += backward.backward()
     return "\n".join(out) + "\n", plan

@@ -22,9 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from recc.analysis.rewrite import ExprOps, NotCanonical
+from recc.backends.triton.names import Namespace
 from recc.ir.evaluate import evaluate
 from recc.ir.nodes import Apply, Const, Dims, Expr, Ref, walk
 
+# max and min propagate NaN from either side, as the interpreter's do (Triton's
+# default would return the other operand).
+NAN = "propagate_nan=tl.PropagateNan.ALL"
 _UNARY = {
     "neg": "(-{0})",
     "exp": "tl.exp({0})",
@@ -32,7 +36,7 @@ _UNARY = {
     "sigmoid": "tl.sigmoid({0})",
     "tanh": "_tanh({0})",
     "softplus": "_softplus({0})",
-    "relu": "tl.maximum({0}, 0.0)",
+    "relu": "tl.maximum({0}, 0.0, " + NAN + ")",
     "silu": "({0} * tl.sigmoid({0}))",
     "sqrt": "tl.sqrt({0})",
     "abs": "tl.abs({0})",
@@ -42,8 +46,8 @@ _BINARY = {
     "sub": "({0} - {1})",
     "mul": "({0} * {1})",
     "div": "({0} / {1})",
-    "max": "tl.maximum({0}, {1})",
-    "min": "tl.minimum({0}, {1})",
+    "max": "tl.maximum({0}, {1}, " + NAN + ")",
+    "min": "tl.minimum({0}, {1}, " + NAN + ")",
 }
 
 # Helpers every generated module defines (Triton 3.9 has no tanh / softplus).
@@ -56,7 +60,7 @@ def _tanh(x):
 @triton.jit
 def _softplus(x):
     # log(1 + exp(x)) without overflow: max(x, 0) + log(1 + exp(-|x|))
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL) + tl.log(1.0 + tl.exp(-tl.abs(x)))
 """
 
 
@@ -68,24 +72,52 @@ def literal(value: float) -> str:
     return repr(float(value))
 
 
+TIME = "<time>"  # the time axis's key in a layout (no dim can be named so)
+
+
 @dataclass(frozen=True)
 class TileLayout:
-    """Axis 0 is time; axis i + 1 is dims[i]."""
+    """Axis 0 is time; axis i + 1 is dims[i].
+
+    `names` holds the kernel's identifiers (from its `Namespace`) for each
+    axis's offsets ("o_D"), mask ("m_D") and block size ("BLOCK_D"); time's
+    are keyed TIME. Without names (a layout only for planning) they are None.
+    """
 
     dims: Dims
+    names: dict[tuple[str, str], str] | None = field(default=None, compare=False, hash=False)
+
+    def with_names(self, ns: Namespace) -> TileLayout:
+        names = {}
+        for axis in (TIME, *self.dims):
+            label = "T" if axis == TIME else axis
+            names[("offsets", axis)] = ns.name(("offsets", axis), f"o_{label}")
+            names[("mask", axis)] = ns.name(("mask", axis), f"m_{label}")
+            names[("block", axis)] = ns.name(("block", axis), f"BLOCK_{label}")
+        return TileLayout(self.dims, names)
+
+    def _name(self, kind: str, axis: str) -> str:
+        assert self.names is not None, "a layout with names is needed to emit code"
+        return self.names[(kind, axis)]
 
     def axis(self, dim: str) -> int:
         return 1 + self.dims.index(dim)
 
+    def offsets(self, dim: str) -> str:
+        return self._name("offsets", dim)
+
+    def block(self, dim: str) -> str:
+        return self._name("block", dim)
+
     def index(self, dim: str) -> str:
         """The offsets of `dim` shaped for the tile, e.g. `o_D[None, :, None]`."""
-        return f"o_{dim}" + self._expand(self.axis(dim))
+        return self.offsets(dim) + self._expand(self.axis(dim))
 
     def time_index(self) -> str:
-        return "o_T" + self._expand(0)
+        return self.offsets(TIME) + self._expand(0)
 
     def mask(self, dim: str) -> str:
-        return f"m_{dim}"
+        return self._name("mask", dim)
 
     def _expand(self, axis: int) -> str:
         rank = 1 + len(self.dims)
@@ -93,8 +125,8 @@ class TileLayout:
 
     def shape(self, dims: Dims, time: bool = True) -> str:
         """A block shape list for values with these dims, e.g. `[BLOCK_T, BLOCK_D, 1]`."""
-        parts = ["BLOCK_T" if time else "1"]
-        parts += [f"BLOCK_{d}" if d in dims else "1" for d in self.dims]
+        parts = [self.block(TIME) if time else "1"]
+        parts += [self.block(d) if d in dims else "1" for d in self.dims]
         return "[" + ", ".join(parts) + "]"
 
 
@@ -127,18 +159,20 @@ class TileEmitter:
     """Emits Triton statements for IR expressions, one temporary per distinct node.
 
     `names` maps spec names (inputs, params, lets, states) to kernel variables
-    that already hold their tiles. Equal subexpressions share a temporary.
+    that already hold their tiles. Equal subexpressions share a temporary,
+    named by the kernel's `Namespace`. One emitter is one meaning of the names:
+    a state read by an update is its old value, by an output its new one, so
+    the two get emitters of their own (sharing the namespace).
     """
 
     layout: TileLayout
     names: dict[str, str]
+    ns: Namespace
     lines: list[str] = field(default_factory=list)
     memo: dict[Expr, str] = field(default_factory=dict)
-    counter: list[int] = field(default_factory=lambda: [0])
 
-    def fresh(self) -> str:
-        self.counter[0] += 1
-        return f"_t{self.counter[0]}"
+    def fresh(self, prefix: str = "_t") -> str:
+        return self.ns.fresh(prefix)
 
     def emit(self, expr: Expr) -> str:
         """A Triton expression (a variable or literal) holding `expr`'s tile."""
@@ -232,7 +266,8 @@ class TileAdjoint:
                 masked = f"tl.where({self.layout.mask(dim)}, {value}, 0.0)"
                 value = f"tl.sum({masked}, axis={self.layout.axis(dim)}, keep_dims=True)"
         if frm[0] and not to[0]:
-            value = f"tl.sum(tl.where(m_T, {value}, 0.0), axis=0, keep_dims=True)"
+            mask = self.layout.mask(TIME)
+            value = f"tl.sum(tl.where({mask}, {value}, 0.0), axis=0, keep_dims=True)"
         return value
 
     @staticmethod
@@ -256,7 +291,7 @@ class TileAdjoint:
             var = self.cotangent[key]
             self.lines.append(f"{var} = {var} + {value}")
         else:
-            var = self.e.fresh().replace("_t", "_ct")
+            var = self.e.fresh("_ct")
             self.cotangent[key] = var
             self.lines.append(f"{var} = {value}")
 
@@ -271,14 +306,23 @@ class TileAdjoint:
 
     # -- traversal --
     def _order(self, roots: list[Expr], lets: dict[str, Expr], stop_at_names: bool) -> list:
+        """Nodes (and ("let", name) markers) in topological order, parents last.
+
+        stop_at_names: only the nodes that depend on a state, directly or through
+        one of `lets` (which are then the state-dependent lets)."""
         order: list = []
         seen: set = set()
+
+        def depends(node: Expr) -> bool:
+            return any(
+                isinstance(n, Ref) and (n.role == "state" or n.name in lets) for n in walk(node)
+            )
 
         def visit(node: Expr) -> None:
             if isinstance(node, Const):
                 return
             if isinstance(node, Ref):
-                if node.name in lets and not stop_at_names:
+                if node.name in lets:
                     key = ("let", node.name)
                     if key not in seen:
                         seen.add(key)
@@ -287,7 +331,7 @@ class TileAdjoint:
                 return
             if node in seen or not any(isinstance(n, Ref) for n in walk(node)):
                 return  # constant subtrees (folded when emitted) take no cotangent
-            if stop_at_names and not self._state_dependent(node):
+            if stop_at_names and not depends(node):
                 return
             seen.add(node)
             for arg in node.args:
@@ -299,11 +343,11 @@ class TileAdjoint:
             visit(root)
         return order
 
-    @staticmethod
-    def _state_dependent(node: Expr) -> bool:
-        return any(isinstance(n, Ref) and n.role == "state" for n in walk(node))
-
     def run(self, roots: list[Expr], lets=(), stop_at_names: bool = False) -> list[str]:
+        """Statements that push every seeded cotangent back through `roots`.
+
+        `lets`: the let definitions to differentiate through (others are leaves,
+        whose cotangents stay on their names)."""
         let_exprs = {let.name: let.expr for let in lets}
         order = self._order(roots, let_exprs, stop_at_names)
         for item in reversed(order):
@@ -346,12 +390,8 @@ class TileAdjoint:
         elif op == "div":
             self.add(args[0], f"({ct} / {v[1]})", both)
             self.add(args[1], f"(-{ct} * {out} / {v[1]})", both)
-        elif op == "max":
-            pick = f"({v[0]} >= {v[1]})"
-            self.add(args[0], f"tl.where({pick}, {ct}, 0.0)", both)
-            self.add(args[1], f"tl.where({pick}, 0.0, {ct})", both)
-        elif op == "min":
-            pick = f"({v[0]} <= {v[1]})"
+        elif op in ("max", "min"):  # ties and a NaN first operand go to the first operand
+            pick = f"(({v[0]} {'>=' if op == 'max' else '<='} {v[1]}) | ({v[0]} != {v[0]}))"
             self.add(args[0], f"tl.where({pick}, {ct}, 0.0)", both)
             self.add(args[1], f"tl.where({pick}, 0.0, {ct})", both)
         elif op == "neg":

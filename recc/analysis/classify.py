@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
+from recc.analysis.constants import check_constants
 from recc.analysis.dplr import dplr_form
 from recc.analysis.forms import (
     DIAGONAL,
@@ -24,22 +25,24 @@ from recc.analysis.forms import (
     Analysis,
     DiagonalBlock,
     DiagonalForm,
+    DplrForm,
     JacobianStructure,
     MinMaxForm,
     NonlinearForm,
 )
-from recc.analysis.linear import diagonal_coefficient, injection
+from recc.analysis.linear import affine_in_the_states, diagonal_coefficients, injections
 from recc.analysis.minmax import max_min_coefficients, max_plus_coefficients
 from recc.analysis.rewrite import NotCanonical
 from recc.analysis.symbolic import (
     Scalarised,
-    depends,
-    jacobian,
     numeric_function,
     random_values,
     scalarise,
+    sparsity,
     uniform_sizes,
 )
+from recc.errors import RecError
+from recc.frontend.parser import too_deep
 from recc.ir.nodes import Recurrence
 
 SIZE = 3  # every dim is instantiated at this size for the structural analysis
@@ -48,21 +51,31 @@ RANK_PROBE = 3  # off-diagonal block size used to measure a DPLR rank (rank < 3)
 
 
 def analyze(rec: Recurrence) -> Analysis:
+    try:
+        return _analyze(rec)
+    except RecursionError:  # past MAX_NESTING is refused up front; this is the backstop
+        raise too_deep(rec.filename) from None
+
+
+def _analyze(rec: Recurrence) -> Analysis:
+    check_constants(rec)
     sc = scalarise(rec, uniform_sizes(rec, SIZE))
-    entries = jacobian(sc)
-    states = sc.state_symbols()
-    affine = all(not depends(d, states) for d in entries.values())
+    entries = sparsity(sc)
+    # Affine as the IR writes it: every canonical form is read off the IR, so a
+    # cancellation only sympy sees (h / h, (h - h) * h) would not give a form.
+    affine = affine_in_the_states(rec)
     structure = jacobian_structure(sc, entries, affine)
     transition = describe_transition(sc, affine)
     reasons: list[str] = []
 
     def done(kind, form, **extra) -> Analysis:
+        _check_finite_start(rec, kind, form)
         return Analysis(
             kind, form, structure, reasons=tuple(reasons), transition=transition, **extra
         )
 
     if affine:
-        reasons.append("every entry of d(new state)/d(state) is free of the state: affine")
+        reasons.append("every update is affine in the state, operator by operator: affine")
         if structure.kind in ("diagonal", "block"):
             try:
                 form = diagonal_form(rec, sc, entries)
@@ -94,15 +107,47 @@ def analyze(rec: Recurrence) -> Analysis:
             except NotCanonical as err:
                 reasons.append(f"no MinMax form ({err}); staying general")
     if not affine:
-        reasons.append("some Jacobian entry depends on the state: nonlinear")
+        reasons.append("some update is not affine in the state as written: nonlinear")
     reasons.append(f"Jacobian structure: {structure.describe()}")
     return done(NONLINEAR, NonlinearForm())
+
+
+def linear_states(form) -> frozenset[str]:
+    """States a linear form reads: from an infinite start such a state stays infinite
+    or becomes NaN (0 * inf) at every step, so it must start finite."""
+    if isinstance(form, DiagonalForm):
+        return frozenset(
+            source
+            for block in form.blocks
+            for row in block.coupling
+            for source, coefficient in zip(block.states, row)
+            if coefficient is not None
+        )
+    if isinstance(form, DplrForm):
+        return frozenset((form.state,))
+    return frozenset()
+
+
+def _check_finite_start(rec: Recurrence, kind: str, form) -> None:
+    read = linear_states(form)
+    for s in rec.states:
+        if s.name in read and s.init in (float("inf"), float("-inf")):
+            raise RecError(
+                f"state '{s.name}' starts at {'-' if s.init < 0 else ''}inf, but its "
+                f"recurrence is {kind} (linear in the state)",
+                s.span,
+                "from an infinite start a linear state stays infinite or becomes NaN "
+                "(0 * inf): start it at a finite value (infinite starts are for "
+                "max/min recurrences)",
+                rec.source,
+                rec.filename,
+            )
 
 
 # ---- Jacobian structure ----------------------------------------------------
 
 
-def jacobian_structure(sc: Scalarised, entries: dict, affine: bool) -> JacobianStructure:
+def jacobian_structure(sc: Scalarised, entries: set, affine: bool) -> JacobianStructure:
     """Connected components of the Jacobian's sparsity over state elements.
 
     A component holding two elements of one state couples along a dim: dense.
@@ -140,11 +185,20 @@ def jacobian_structure(sc: Scalarised, entries: dict, affine: bool) -> JacobianS
 # ---- diagonal ---------------------------------------------------------------
 
 
-def diagonal_form(rec: Recurrence, sc: Scalarised, entries: dict) -> DiagonalForm:
+def diagonal_form(rec: Recurrence, sc: Scalarised, entries: set) -> DiagonalForm:
+    """Blocks of states coupled channel by channel, with coefficients read off the IR.
+
+    Which states an update reads is the IR's answer (`diagonal_coefficients`),
+    not sympy's: sympy cancels h / h and h - h, which the IR keeps (and then
+    either proves affine, or refuses)."""
+    coefficients = diagonal_coefficients(rec)
+    injected = injections(rec)
     elements = sc.state_elements()
+    sympy_pairs = {(elements[i][0], elements[j][0]) for i, j in entries}
+    if not sympy_pairs <= set(coefficients):  # pragma: no cover - sympy is the stricter one
+        raise NotCanonical("sympy and the IR disagree on which states an update reads")
     coupled: dict[str, set[str]] = {s.name: {s.name} for s in rec.states}
-    for i, j in entries:
-        a, b = elements[i][0], elements[j][0]
+    for a, b in coefficients:
         merged = coupled[a] | coupled[b]
         for name in merged:
             coupled[name] = merged
@@ -157,15 +211,12 @@ def diagonal_form(rec: Recurrence, sc: Scalarised, entries: dict) -> DiagonalFor
         seen.update(group)
         if len({rec.state(n).dims for n in group}) != 1:
             raise NotCanonical("coupled states have different shapes")
-        pairs = {(elements[i][0], elements[j][0]) for i, j in entries}
+        if len(group) > MAX_BLOCK:
+            raise NotCanonical(f"{len(group)} states are coupled (at most {MAX_BLOCK} per block)")
         coupling = tuple(
-            tuple(
-                diagonal_coefficient(rec, target, wrt) if (target, wrt) in pairs else None
-                for wrt in group
-            )
-            for target in group
+            tuple(coefficients.get((target, source)) for source in group) for target in group
         )
-        inject = tuple(injection(rec, target) for target in group)
+        inject = tuple(injected[target] for target in group)
         blocks.append(DiagonalBlock(group, coupling, inject))
     return DiagonalForm(tuple(blocks))
 
@@ -194,7 +245,7 @@ def dplr_rank(rec: Recurrence, reasons: list[str]) -> int | None:
     for i in range(n_rows):
         row = set(S[i, :])
         for j in range(n_cols):
-            if F[i, j].free_symbols & sc.state_symbols() - row:
+            if F[i, j].free_symbols & sc.state_symbol_set() - row:
                 reasons.append("rows of S are mixed (a left factor): not DPLR in S @ M form")
                 return None
     # M_i[k, j] = d F[i, j] / d S[i, k], for the first two rows, as one numpy function
@@ -267,14 +318,19 @@ def minmax_form(rec: Recurrence, semiring: str) -> MinMaxForm:
 # ---- the simplified transition, for `recc explain` ----------------------------
 
 
+MAX_DESCRIBED = 8  # states whose transition `recc explain` prints
+
+
 def describe_transition(sc: Scalarised, affine: bool, limit: int = 400) -> tuple[str, ...]:
-    """The first element of every state's update, simplified, with common
-    subexpressions pulled out by sympy.cse."""
+    """The first element of the first states' updates, simplified, with common
+    subexpressions pulled out by sympy.cse (at most MAX_DESCRIBED states: the
+    simplification is the costliest step of a large spec's analysis)."""
     names, exprs = [], []
-    for name, arr in sc.new.items():
+    shown = list(sc.new.items())[:MAX_DESCRIBED]
+    for name, arr in shown:
         first = tuple(0 for _ in arr.shape)
         f = arr[first]
-        own = sorted(f.free_symbols & sc.state_symbols(), key=str)
+        own = sorted(f.free_symbols & sc.state_symbol_set(), key=str)
         if affine and own:
             f = sympy.collect(sympy.expand(f), own)
         names.append(str(sc.old[name][first]))
@@ -282,6 +338,8 @@ def describe_transition(sc: Scalarised, affine: bool, limit: int = 400) -> tuple
     shared, reduced = sympy.cse(exprs)
     lines = [f"{sym} = {_short(expr, limit)}" for sym, expr in shared]
     lines += [f"{n}' = {_short(e, limit)}" for n, e in zip(names, reduced)]
+    if len(sc.new) > len(shown):
+        lines.append(f"... and {len(sc.new) - len(shown)} more states")
     return tuple(lines)
 
 

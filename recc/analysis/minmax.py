@@ -4,7 +4,8 @@ Stage: analysis. Two semirings:
 
   max-min:  s' = max(min(s, a), b). Any lattice polynomial f in s over a
             chain satisfies f(s) = max(min(s, f(+inf)), f(-inf)), so
-            a = f(+inf) and b = f(-inf), read off by substitution.
+            a = f(+inf) and b = f(-inf), read off by abstract evaluation
+            over values `Clamp(top, bottom)` (never by substitution).
   max-plus: s' = max(s + a, b), read off by abstract evaluation over values
             `Shift(a, b)` = max(s + a, b).
 
@@ -24,7 +25,6 @@ from recc.analysis.rewrite import (
     make,
     mentions,
     state_dependent_lets,
-    substitute,
 )
 from recc.ir.nodes import Apply, Const, Expr, Recurrence
 
@@ -74,13 +74,44 @@ def max_plus_coefficients(rec: Recurrence, state: str) -> tuple[Expr, Expr | Non
     return value.a, value.b
 
 
+@dataclass(frozen=True)
+class Clamp:
+    """max(min(s, top), bottom): every lattice polynomial in s over a chain is one,
+    with top = f(+inf) and bottom = f(-inf). Const(+-inf) for the absent bounds."""
+
+    top: Expr
+    bottom: Expr
+
+
+class MaxMinOps(AbstractOps):
+    """Lattice polynomials of the state: max and min with state-free values only.
+
+    Read off structurally, never by substituting +-inf into the spec: an update
+    like `max(min(h, a), b) + h - h` is a lattice polynomial to sympy (h - h
+    cancels) but not in the IR, where `+ inf - inf` would make the bound NaN."""
+
+    def apply_abstract(self, node: Apply, args: list) -> Clamp:
+        op = node.op
+        if op == "relu":  # relu(x) = max(x, 0)
+            op, args = "max", [args[0], const(0.0)]
+        if op in ("max", "min"):
+            x, y = args
+            if isinstance(x, Clamp) and isinstance(y, Clamp):
+                return Clamp(make(op, x.top, y.top), make(op, x.bottom, y.bottom))
+            clamp, c = (x, y) if isinstance(x, Clamp) else (y, x)
+            if isinstance(clamp, Clamp) and self.is_free(c):
+                return Clamp(make(op, clamp.top, c), make(op, clamp.bottom, c))
+        raise NotCanonical(f"'{op}' of the state is not max-min")
+
+
 def max_min_coefficients(rec: Recurrence, state: str) -> tuple[Expr | None, Expr | None]:
-    update = rec.update_of(state)
-    top = substitute(rec, update, {state: const(INF)})
-    bottom = substitute(rec, update, {state: const(-INF)})
-    _check_free(rec, top, bottom)
-    a = None if isinstance(top, Const) and top.value == INF else top
-    b = None if isinstance(bottom, Const) and bottom.value == -INF else bottom
+    seed = Clamp(const(INF), const(-INF))
+    value = abstract_updates(rec, MaxMinOps(), {state: seed})[state]
+    if not isinstance(value, Clamp):
+        raise NotCanonical("the update does not involve the state")
+    a = None if isinstance(value.top, Const) and value.top.value == INF else value.top
+    b = None if isinstance(value.bottom, Const) and value.bottom.value == -INF else value.bottom
+    _check_free(rec, a, b)
     return a, b
 
 

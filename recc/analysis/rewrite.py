@@ -2,10 +2,11 @@
 
 Stage: analysis. `ExprOps` is an evaluator semantics (see recc.ir.evaluate)
 whose values are IR expressions: evaluating a spec with it rebuilds the
-spec's expressions, folding constants (x * 0 -> 0, x + 0 -> x, max(x, -inf)
--> x, ...). Binding a state to `Const(0.0)` or `Const(inf)` in the
-environment substitutes it. Lets that do not depend on a substituted name stay
-as references, so coefficients read like the spec.
+spec's expressions, folding constants with IEEE semantics (`fold_scalar`)
+and only the identities that hold for every value, infinities and NaN
+included (x + 0 -> x, x * 1 -> x, max(x, -inf) -> x, ...; never x * 0 -> 0).
+Binding a name in the environment substitutes it. Lets that do not depend on
+a substituted name stay as references, so coefficients read like the spec.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
+from recc.interpreter import ELEMENTWISE
 from recc.ir.evaluate import evaluate
 from recc.ir.nodes import (
     INPUT,
@@ -64,18 +68,19 @@ def _broadcast(a: Dims, b: Dims, like: Dims | None) -> Dims:
     raise NotCanonical(f"cannot broadcast {a} with {b}")
 
 
-_SCALAR_FUNCS = {
-    "neg": lambda x: -x,
-    "exp": math.exp,
-    "log": math.log,
-    "sigmoid": lambda x: 1.0 / (1.0 + math.exp(-x)),
-    "tanh": math.tanh,
-    "softplus": lambda x: math.log1p(math.exp(x)),
-    "relu": lambda x: max(x, 0.0),
-    "silu": lambda x: x / (1.0 + math.exp(-x)),
-    "sqrt": math.sqrt,
-    "abs": abs,
-}
+# The elementwise operators on float64 scalars are the interpreter's own (torch's
+# kernels, recc's tie and NaN rules), so a folded constant is bit for bit what the
+# interpreter computes in fp64: torch's sqrt(2.0) is 1 ulp below math.sqrt(2), and
+# two spellings of one constant would break the ties the spec writes.
+SCALAR_OPS = frozenset(ELEMENTWISE)
+
+
+def fold_scalar(op: str, *values: float) -> float:
+    """`op` on float64 scalars with IEEE semantics, as the interpreter computes it
+    (overflow is inf, 0/0 and log(-1) are NaN; never raises)."""
+    with torch.no_grad():
+        args = [torch.tensor(v, dtype=torch.float64) for v in values]
+        return float(ELEMENTWISE[op](*args))
 
 
 def _is_neg(expr: Expr) -> bool:
@@ -90,19 +95,9 @@ def make(op: str, *args: Expr, like: Dims | None = None) -> Expr:
     if op in ("add", "sub", "mul", "div", "max", "min"):
         a, b = args
         if isinstance(a, Const) and isinstance(b, Const):
-            try:
-                value = {
-                    "add": lambda: a.value + b.value,
-                    "sub": lambda: a.value - b.value,
-                    "mul": lambda: a.value * b.value,
-                    "div": lambda: a.value / b.value,
-                    "max": lambda: max(a.value, b.value),
-                    "min": lambda: min(a.value, b.value),
-                }[op]()
-                if not math.isnan(value):
-                    return const(value)
-            except (ZeroDivisionError, OverflowError):
-                pass
+            value = fold_scalar(op, a.value, b.value)
+            if not math.isnan(value):
+                return const(value)
         if op == "add":
             if is_const(a, 0.0):
                 return b
@@ -115,13 +110,13 @@ def make(op: str, *args: Expr, like: Dims | None = None) -> Expr:
         if op == "sub":
             if is_const(b, 0.0):
                 return a
-            if is_const(a, 0.0):
-                return make("neg", b)
+            # not 0 - x -> -x: at x = 0 they differ in the sign of zero (1 / (0 - x)
+            # is +inf, 1 / -x is -inf)
             if _is_neg(b):
                 return make("add", a, b.args[0])
         if op == "mul":
-            if is_const(a, 0.0) or is_const(b, 0.0):
-                return const(0.0)
+            # not x * 0 -> 0: for x = +-inf or NaN it is NaN, and its gradient through
+            # a singular derivative (sqrt(0 * x)) is NaN too; constants fold above
             if is_const(a, 1.0):
                 return b
             if is_const(b, 1.0):
@@ -131,8 +126,6 @@ def make(op: str, *args: Expr, like: Dims | None = None) -> Expr:
             if is_const(b, -1.0):
                 return make("neg", a)
         if op == "div":
-            if is_const(a, 0.0):
-                return const(0.0)
             if is_const(b, 1.0):
                 return a
         if op == "max":
@@ -146,17 +139,14 @@ def make(op: str, *args: Expr, like: Dims | None = None) -> Expr:
             if is_const(b, INF) or is_const(a, -INF):
                 return a
         return Apply(_broadcast(a.dims, b.dims, like), op, (a, b))
-    if op in _SCALAR_FUNCS:
+    if op in SCALAR_OPS:
         (x,) = args
         if op == "neg" and isinstance(x, Apply) and x.op == "neg":
             return x.args[0]
         if isinstance(x, Const):
-            try:
-                value = _SCALAR_FUNCS[op](x.value)
-                if not math.isnan(value):
-                    return const(value)
-            except (ValueError, OverflowError):
-                pass
+            value = fold_scalar(op, x.value)
+            if not math.isnan(value):
+                return const(value)
         return Apply(x.dims, op, (x,))
     if op in ("matmul", "outer", "dot", "sum", "transpose"):
         if any(is_const(a, 0.0) for a in args):
@@ -213,6 +203,11 @@ def lets_read_by_updates(rec: Recurrence) -> set[str]:
 
 def substitute(rec: Recurrence, expr: Expr, bindings: dict[str, Expr]) -> Expr:
     """`expr` with names replaced by `bindings`; dependent lets are inlined."""
+    return substitute_all(rec, [expr], bindings)[0]
+
+
+def substitute_all(rec: Recurrence, exprs: list[Expr], bindings: dict[str, Expr]) -> list[Expr]:
+    """`substitute` for several expressions, the lets evaluated once."""
     env: dict[str, Any] = {}
     for decl in rec.inputs:
         env[decl.name] = Ref(decl.dims, decl.name, INPUT)
@@ -228,7 +223,7 @@ def substitute(rec: Recurrence, expr: Expr, bindings: dict[str, Expr]) -> Expr:
             env[let.name] = evaluate(let.expr, env, ops)
         else:
             env[let.name] = Ref(let.expr.dims, let.name, LET)
-    return evaluate(expr, env, ops)
+    return [evaluate(expr, env, ops) for expr in exprs]
 
 
 def mentions(expr: Expr | None, names: set[str]) -> bool:

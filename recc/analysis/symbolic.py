@@ -18,6 +18,7 @@ import sympy
 from recc.errors import RecError
 from recc.ir.evaluate import align, step
 from recc.ir.nodes import Apply, Const, Recurrence
+from recc.ir.printer import expr_to_source
 
 
 class sigmoid(sympy.Function):  # noqa: N801 - named like the spec function
@@ -111,6 +112,35 @@ class SympyOps:
     def __init__(self, source: str = "", filename: str = "<spec>") -> None:
         self.source = source
         self.filename = filename
+        # which values read a state (by id; `_keep` keeps the arrays alive)
+        self._reads: dict[int, bool] = {}
+        self._keep: list[np.ndarray] = []
+        # state-free contractions stand for themselves: name -> array of symbols
+        self.opaque: dict[str, np.ndarray] = {}
+        self._opaque_by_node: dict[Apply, np.ndarray] = {}
+
+    def mark_state(self, value: np.ndarray) -> None:
+        self._reads[id(value)] = True
+        self._keep.append(value)
+
+    def _opaque(self, node: Apply, shape: tuple[int, ...]) -> np.ndarray:
+        """Fresh real symbols for a state-free matmul / dot / sum.
+
+        Only how the state enters decides the class, so a state-free value may
+        be any value of its shape: a symbol per element keeps the scalarised
+        update linear in size where `W @ W @ ... @ h` would grow as 3^k terms
+        (and sympy's derivatives with it). Named after the spec's text."""
+        found = self._opaque_by_node.get(node)
+        if found is not None:
+            return found
+        text = expr_to_source(node)
+        name = f"({text})" if len(text) <= 48 else f"_c{len(self.opaque)}"
+        while name in self.opaque:
+            name += "'"
+        arr = _symbols(name, shape)
+        self.opaque[name] = arr
+        self._opaque_by_node[node] = arr
+        return arr
 
     def const(self, node: Const) -> np.ndarray:
         value = node.value
@@ -125,7 +155,15 @@ class SympyOps:
         return np.array(expr, dtype=object)
 
     def apply(self, node: Apply, args: list[Any]) -> np.ndarray:
+        reads = any(self._reads.get(id(a), False) for a in args)
+        if not reads and node.op in ("matmul", "dot", "sum") and args[0].shape:
+            shape: tuple[int, ...] = ()
+            if node.op == "matmul":
+                shape = np.matmul(np.empty(args[0].shape), np.empty(args[1].shape)).shape
+            return self._opaque(node, shape)
         out = self._apply(node, args)
+        if reads:
+            self.mark_state(out)
         for value in out.flat:
             if isinstance(value, sympy.Expr) and value.is_number and not _is_real_constant(value):
                 raise RecError(
@@ -195,6 +233,14 @@ class Scalarised:
     def state_symbols(self) -> set[sympy.Symbol]:
         return {s for arr in self.old.values() for s in arr.flat}
 
+    def state_symbol_set(self) -> frozenset[sympy.Symbol]:
+        """`state_symbols`, computed once."""
+        cached = self.__dict__.get("_state_symbols")
+        if cached is None:
+            cached = frozenset(self.state_symbols())
+            object.__setattr__(self, "_state_symbols", cached)
+        return cached
+
 
 def scalarise(rec: Recurrence, sizes: dict[str, int]) -> Scalarised:
     env: dict[str, Any] = {}
@@ -204,8 +250,12 @@ def scalarise(rec: Recurrence, sizes: dict[str, int]) -> Scalarised:
     old = {s.name: _symbols(s.name, tuple(sizes[d] for d in s.dims)) for s in rec.states}
     env.update(values)
     env.update(old)
-    new, _ = step(rec, SympyOps(rec.source, rec.filename), env, outputs=False)
+    ops = SympyOps(rec.source, rec.filename)
+    for arr in old.values():
+        ops.mark_state(arr)
+    new, _ = step(rec, ops, env, outputs=False)
     new = {name: np.broadcast_to(arr, old[name].shape) for name, arr in new.items()}
+    values.update(ops.opaque)  # state-free contractions: symbols like the inputs
     return Scalarised(sizes, old, new, values)
 
 
@@ -213,22 +263,16 @@ def uniform_sizes(rec: Recurrence, size: int) -> dict[str, int]:
     return {d: size for d in rec.dims}
 
 
-def jacobian(sc: Scalarised) -> dict[tuple[int, int], sympy.Expr]:
-    """Non-zero entries d new[i] / d old[j] over flattened state elements."""
+def sparsity(sc: Scalarised) -> set[tuple[int, int]]:
+    """(i, j) where new[i] reads old[j], over flattened state elements (no derivatives:
+    those grow with the nesting of the update)."""
     elements = sc.state_elements()
     symbol_index = {sc.old[name][idx]: j for j, (name, idx) in enumerate(elements)}
-    entries = {}
+    found = set()
     for i, (name, idx) in enumerate(elements):
-        f = sc.new[name][idx]
-        for sym in f.free_symbols & symbol_index.keys():
-            d = sympy.diff(f, sym)
-            if d != 0:
-                entries[(i, symbol_index[sym])] = d
-    return entries
-
-
-def depends(expr: sympy.Expr, symbols: set[sympy.Symbol]) -> bool:
-    return bool(expr.free_symbols & symbols)
+        for sym in sc.new[name][idx].free_symbols & symbol_index.keys():
+            found.add((i, symbol_index[sym]))
+    return found
 
 
 def random_values(sc: Scalarised, rng: np.random.Generator) -> dict[sympy.Symbol, float]:

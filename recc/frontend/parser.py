@@ -38,6 +38,19 @@ def _span(meta_or_token: object) -> Span | None:
     )
 
 
+def _finite(token: lark.Token, meta: object) -> float:
+    """A number literal's value; one too large for a float is an error, not inf."""
+    value = float(token)
+    if value == float("inf"):
+        raise RecError(
+            f"the number {token} is too large for a floating-point value",
+            _span(token) or _span(meta),
+            "write `inf` if you mean infinity (a bound of max/min or a state's initial "
+            "value), or a smaller number",
+        )
+    return value
+
+
 @v_args(meta=True)
 class _ToAst(Transformer):
     """lark parse tree -> frozen AST nodes carrying spans."""
@@ -87,10 +100,10 @@ class _ToAst(Transformer):
 
     # ---- expressions ----
     def number(self, meta, children):
-        return ast.Number(float(children[0]), span=_span(meta))
+        return ast.Number(_finite(children[0], meta), span=_span(meta))
 
     def neg_number(self, meta, children):
-        return ast.Number(-float(children[0]), span=_span(meta))
+        return ast.Number(-_finite(children[0], meta), span=_span(meta))
 
     def inf(self, meta, children):
         return ast.Number(float("inf"), span=_span(meta))
@@ -161,7 +174,7 @@ _POWER_HINT = "there is no power operator; write x * x, or exp(p * log(x)) for x
 
 _LEX = re.compile(
     r"[ \t\f\r\n]+|#[^\n]*"
-    r"|(?P<tok>\.T|[A-Za-z_][A-Za-z_0-9]*|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|.)",
+    r"|(?P<tok>\.T|[A-Za-z_][A-Za-z_0-9]*|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|.)",
     re.DOTALL,
 )
 
@@ -591,8 +604,39 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: str) -> RecError
     return _unexpected_end(tokens, set(getattr(err, "expected", ()) or ()))
 
 
+# Control characters a text file never holds (tab, newline, carriage return and
+# form feed are whitespace): NUL and friends would also corrupt generated code.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def normalize_newlines(source: str) -> str:
+    """CRLF and CR-only line endings as '\\n', so lines count the same everywhere."""
+    return source.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _control_character(source: str) -> RecError | None:
+    match = _CONTROL.search(source)
+    if match is None:
+        return None
+    pos = match.start()
+    line = source.count("\n", 0, pos) + 1
+    column = pos - (source.rfind("\n", 0, pos) + 1) + 1
+    return RecError(
+        f"unexpected control character U+{ord(match.group()):04X}",
+        Span(line, column, line, column + 1),
+        "a spec is plain text: remove the character (it may be invisible in your editor)",
+    )
+
+
 def parse(source: str, filename: str = "<spec>") -> ast.RecurrenceDef:
-    """Parse one recurrence. Raises RecError (located, with a hint) on bad syntax."""
+    """Parse one recurrence. Raises RecError (located, with a hint) on bad syntax.
+
+    Line endings are read as written (CRLF, CR or LF); `load` normalises them
+    before parsing so that spans and the stored source agree."""
+    source = normalize_newlines(source)
+    bad = _control_character(source)
+    if bad is not None:
+        raise bad.with_source(source, filename)
     try:
         tree = _parser().parse(source)
     except lark.exceptions.UnexpectedInput as err:
@@ -604,6 +648,8 @@ def parse(source: str, filename: str = "<spec>") -> ast.RecurrenceDef:
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, RecursionError):
             raise too_deep(filename) from None
+        if isinstance(err.orig_exc, RecError):
+            raise err.orig_exc.with_source(source, filename) from None
         raise
 
 

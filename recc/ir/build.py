@@ -13,7 +13,8 @@ from pathlib import Path
 
 from recc.errors import RecError, Span
 from recc.frontend import ast
-from recc.frontend.parser import parse, too_deep
+from recc.frontend.parser import normalize_newlines, parse, too_deep
+from recc.ir.evaluate import evaluate
 from recc.ir.nodes import (
     INPUT,
     LET,
@@ -71,6 +72,10 @@ _INSTEAD = {
 }
 
 _BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+
+# Keyword arguments of a compiled recurrence's call: inputs and params are passed
+# by name beside them, so they cannot share these names.
+CALL_KEYWORDS = ("initial_state", "output_final_state", "check_nan")
 
 
 def show(dims: Dims) -> str:
@@ -130,6 +135,13 @@ class _Builder:
 
     # ---- declarations ----
     def declare(self, name: str, role: str, dims: Dims, span: Span | None) -> None:
+        if role in (INPUT, PARAM) and name in CALL_KEYWORDS:
+            raise RecError(
+                f"{role} '{name}' has the name of a keyword of every call (fn(..., {name}=...))",
+                span,
+                f"rename the {role}, e.g. '{name}_'; the call keywords are: "
+                + ", ".join(CALL_KEYWORDS),
+            )
         if name in self.dims:
             raise RecError(
                 f"'{name}' is already declared as a dim{_line_of(self.dims[name])}",
@@ -590,9 +602,43 @@ def _reshape_hint(name: str, got: Dims, want: Dims) -> str:
     return f"the new value must have exactly the state's shape {show(want)}"
 
 
+# How deeply operators may nest in one expression, with the lets it reads written
+# out (as the analysis writes them: it evaluates every let into the update with
+# sympy, whose recursion grows with this depth).
+MAX_NESTING = 200
+
+
+class _DepthOps:
+    def const(self, node: Const) -> int:
+        return 0
+
+    def apply(self, node: Apply, args: list[int]) -> int:
+        return 1 + max(args, default=0)
+
+
+def _check_nesting(rec: Recurrence) -> None:
+    env: dict[str, int] = {d.name: 0 for d in (*rec.inputs, *rec.params, *rec.states)}
+    ops = _DepthOps()
+    for definition in (*rec.lets, *rec.updates, *rec.outputs):
+        depth = evaluate(definition.expr, env, ops)
+        if definition in rec.lets:
+            env[definition.name] = depth
+        if depth > MAX_NESTING:
+            raise RecError(
+                f"this expression nests {depth} operators deep, with the lets it reads "
+                f"written out; recc handles up to {MAX_NESTING}",
+                definition.span,
+                "the analysis writes every let out into the update, so a long chain of "
+                "lets counts as one expression: shorten the chain, or compute part of it "
+                "before the recurrence and pass it in as an input",
+            )
+
+
 def build_ir(spec: ast.RecurrenceDef, source: str = "", filename: str = "<spec>") -> Recurrence:
     try:
-        return _Builder().build(spec, source, filename)
+        rec = _Builder().build(spec, source, filename)
+        _check_nesting(rec)
+        return rec
     except RecError as err:
         raise err.with_source(source, filename) from None
     except RecursionError:
@@ -625,6 +671,7 @@ def load(path_or_source: str | Path) -> Recurrence:
         filename = str(path_or_source)
     else:
         source, filename = text, "<spec>"
+    source = normalize_newlines(source)
     return build_ir(parse(source, filename), source, filename)
 
 

@@ -1,0 +1,191 @@
+"""Gradients of a MinMax scan from the spec as written, not from its canonical form.
+
+Stage: backend (torch). A MinMax update's gradient is a routing: d s_t / d s_{t-1}
+is 0 or 1 and each operand gets the cotangent or nothing. The canonical form
+max(min(s, a), b) with a = f(+inf) computes the same values but has ties the
+spec does not have (`max(min(h, a), b)` with a < b reads a = max(a, b) = b, and
+then min(h, b) ties with b whenever h == b): routed by the form, the gradient
+follows the wrong operand. So the values come from the fast scan, and the
+backward differentiates the spec's own update, evaluated at every step at once
+from the scanned states (the old state of step t is the new state of step t - 1):
+
+  rho_t   = d f(s_{t-1}, x_t) / d s_{t-1}       (0 or 1; autograd on the update)
+  g_t     = dL/ds_t + [rho_{t+1}] g_{t+1}       (a reverse scan of selections)
+  grads   = vjp of f(s_{t-1}, x_t) with cotangent g_t, all t at once
+
+Selections, not products: a NaN cotangent of a step the state does not flow
+through stays out of the earlier steps, as in autograd through the loop.
+This path stores the states over time (a MinMax state is usually a vector).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from recc.analysis.forms import Analysis
+from recc.backends.torch import scan as chunked
+from recc.interpreter import TorchOps
+from recc.ir.evaluate import evaluate
+from recc.ir.nodes import Recurrence
+from recc.signature import Bound
+
+
+def run_with_spec_gradients(
+    rec: Recurrence, analysis: Analysis, bound: Bound, chunk: int | None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    names = [
+        *(("input", n) for n in bound.inputs),
+        *(("param", n) for n in bound.params),
+        *(("state", n) for n in bound.initial_state),
+    ]
+    leaves = [_leaf(bound, kind, n) for kind, n in names]
+    context = (rec, analysis, bound, chunk, names)
+    history = _ScanWithSpecGradients.apply(context, *leaves)
+    states = dict(zip([s.name for s in rec.states], history))  # [B, T, (H), ...]
+    old = _old_states(rec, bound, states)
+    scan = chunked._Scan(rec, analysis, bound)
+    env = scan.env_whole(dict(bound.inputs))
+    outputs = chunked.readouts(scan, bound, env, old, states, (bound.B, bound.T))
+    finals = {k: v[:, -1] for k, v in states.items()}
+    return {k: v.to(bound.out_dtype) for k, v in outputs.items()}, finals
+
+
+def _leaf(bound: Bound, kind: str, name: str) -> torch.Tensor:
+    return {"input": bound.inputs, "param": bound.params, "state": bound.initial_state}[kind][name]
+
+
+def _old_states(rec: Recurrence, bound: Bound, states: dict[str, torch.Tensor]):
+    """The state entering every step: the initial state, then the new states shifted."""
+    return {
+        s.name: torch.cat([bound.initial_state[s.name].unsqueeze(1), states[s.name][:, :-1]], 1)
+        for s in rec.states
+    }
+
+
+def _rebind(bound: Bound, names, tensors) -> Bound:
+    parts: dict[str, dict[str, torch.Tensor]] = {"input": {}, "param": {}, "state": {}}
+    for (kind, name), x in zip(names, tensors):
+        parts[kind][name] = x
+    return Bound(
+        B=bound.B,
+        T=bound.T,
+        H=bound.H,
+        sizes=bound.sizes,
+        inputs=parts["input"],
+        params=parts["param"],
+        initial_state=parts["state"],
+        compute_dtype=bound.compute_dtype,
+        out_dtype=bound.out_dtype,
+        device=bound.device,
+    )
+
+
+class _ScanWithSpecGradients(torch.autograd.Function):
+    """Forward: the chunked scan's states over time. Backward: the spec's routing."""
+
+    @staticmethod
+    def forward(ctx, context: Any, *leaves: torch.Tensor):
+        rec, analysis, bound, chunk, names = context
+        inner = _rebind(bound, names, [x.detach() for x in leaves])
+        scan = chunked._Scan(rec, analysis, inner)
+        chunks = chunked._Chunks(rec, inner, chunk)
+        with torch.no_grad():
+            _, states, _ = chunked.state_history(scan, inner, chunks)
+        history = tuple(chunks.unchunk(states[s.name]).contiguous() for s in rec.states)
+        ctx.context = context
+        ctx.save_for_backward(*leaves, *history)
+        return history
+
+    @staticmethod
+    def backward(ctx, *d_history: torch.Tensor):
+        rec, _, bound, _, names = ctx.context
+        saved = ctx.saved_tensors
+        leaves = [x.detach().requires_grad_() for x in saved[: len(names)]]
+        states = dict(zip([s.name for s in rec.states], saved[len(names) :]))
+        inner = _rebind(bound, names, leaves)
+        with torch.enable_grad():
+            old = {
+                k: v.detach().requires_grad_() for k, v in _old_states(rec, inner, states).items()
+            }
+            new = _spec_update(rec, inner, old)
+            order = [s.name for s in rec.states]
+            # each state's update reads only that state (a diagonal Jacobian): one
+            # vector-Jacobian product with ones gives every step's 0/1 routing
+            rho = torch.autograd.grad(
+                [new[n] for n in order],
+                [old[n] for n in order],
+                [torch.ones_like(new[n]) for n in order],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            cotangents = []
+            for n, r, d in zip(order, rho, d_history):
+                d = torch.zeros_like(new[n]) if d is None else d
+                keep = torch.zeros_like(d, dtype=torch.bool) if r is None else r != 0
+                cotangents.append(reverse_selection_scan(keep, d))
+            grads = torch.autograd.grad(
+                [new[n] for n in order],
+                [*leaves, *(old[n] for n in order)],
+                cotangents,
+                allow_unused=True,
+            )
+        d_leaves = list(grads[: len(leaves)])
+        d_old = dict(zip(order, grads[len(leaves) :]))
+        for i, (kind, name) in enumerate(names):
+            if kind == "state" and d_old[name] is not None:  # step 0 reads the initial state
+                extra = d_old[name][:, 0]
+                d_leaves[i] = extra if d_leaves[i] is None else d_leaves[i] + extra
+        return (None, *d_leaves)
+
+
+def _spec_update(rec: Recurrence, bound: Bound, old: dict[str, torch.Tensor]):
+    """Every step's update as the spec writes it, from the old states, all steps at once."""
+    ops = TorchOps(bound.compute_dtype, bound.device)
+    env: dict[str, Any] = {**bound.params, **bound.inputs, **old}
+    for let in rec.lets:
+        env[let.name] = evaluate(let.expr, env, ops)
+    shape = {s.name: old[s.name].shape for s in rec.states}
+    return {
+        u.name: torch.broadcast_to(evaluate(u.expr, env, ops), shape[u.name]) for u in rec.updates
+    }
+
+
+def reverse_selection_scan(keep: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """g_t = c_t + (g_{t+1} if keep_{t+1} else 0) along dim 1, by selection.
+
+    Chunked like the forward scan: all chunks' maps g -> (keep ? g : 0) + c at
+    once over ~sqrt(T) steps, the carry chunk by chunk, then every step."""
+    T = c.shape[1]
+    # g_t = c_t + sel_t * g_{t+1} with sel_t = keep_{t+1}; reversed in time it is
+    # a forward scan u_s = c'_s + sel'_s * u_{s-1}
+    sel = torch.cat([keep[:, 1:], torch.zeros_like(keep[:, :1])], dim=1).flip(1)
+    cs = c.flip(1)
+    L = chunked.chunk_length(T)
+    nc = -(-T // L)
+    pad = nc * L - T
+    if pad:
+        sel = torch.cat([sel, torch.zeros_like(sel[:, :pad])], dim=1)
+        cs = torch.cat([cs, torch.zeros_like(cs[:, :pad])], dim=1)
+    sel = sel.reshape(sel.shape[0], nc, L, *sel.shape[2:])
+    cs = cs.reshape(cs.shape[0], nc, L, *cs.shape[2:])
+    # pass 1: each chunk's map (through: does u pass the whole chunk; total from zero)
+    through = torch.ones_like(sel[:, :, 0])
+    total = torch.zeros_like(cs[:, :, 0])
+    for i in range(L):
+        total = torch.where(sel[:, :, i], total, torch.zeros_like(total)) + cs[:, :, i]
+        through = through & sel[:, :, i]
+    # carry: the value entering each chunk
+    entering = [torch.zeros_like(total[:, 0])]
+    for k in range(nc - 1):
+        prev = entering[-1]
+        entering.append(torch.where(through[:, k], prev, torch.zeros_like(prev)) + total[:, k])
+    u = torch.stack(entering, dim=1)
+    # pass 2: every step from the entering values
+    out = []
+    for i in range(L):
+        u = torch.where(sel[:, :, i], u, torch.zeros_like(u)) + cs[:, :, i]
+        out.append(u)
+    flat = torch.stack(out, dim=2).reshape(c.shape[0], nc * L, *c.shape[2:])[:, :T]
+    return flat.flip(1)

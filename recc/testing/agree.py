@@ -1,0 +1,261 @@
+"""Does an executor agree with the interpreter? Values, final states and gradients.
+
+Stage: top level (runs the interpreter and the backends). One comparison for
+`recc check`, the tests and the fuzz campaign:
+
+  - the positions of NaN, +inf and -inf must be the same;
+  - finite values must agree to `tolerance` relative to the tensor's largest
+    finite magnitude (normwise, so a regime of tiny values is held to the same
+    relative standard as one of huge values);
+  - gradients (of a fixed random projection of every output and final state,
+    with respect to every input, param and initial state) likewise; a tensor
+    the recurrence does not read has gradient 0 on both sides.
+
+Three places where IEEE arithmetic itself gives no one answer, so no order of
+evaluation is more right than another:
+
+  - overflow: once the interpreter's own results reach +-inf from finite
+    inputs (or in a regime of huge values), a scan and the loop reach inf at
+    different steps and inf - inf is NaN; outputs are compared up to the first
+    step that is not finite, final states and gradients not at all;
+  - a NaN result: the loss is then NaN, and IEEE's 0 * NaN reaches every
+    tensor the computation graph connects to it, through derivatives that are
+    exactly 0 (`h - h`) in one graph and absent in another; gradients are
+    compared only where the interpreter's outputs and final states hold no NaN;
+  - a singular derivative (sqrt at 0 is inf): a gradient summed over steps is
+    `sum_t r_t * inf` (NaN when signs mix) in one order and `inf * sum_t r_t`
+    (+-inf) in another; in gradients, +-inf against NaN counts as the same
+    singular value. Finite against non-finite never does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from recc.analysis.forms import Analysis
+from recc.ir.nodes import Const, Expr, Recurrence
+from recc.signature import bind
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """Where and how a result differs from the interpreter's."""
+
+    what: str  # e.g. "output y", "final state h", "gradient of x"
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.detail}"
+
+
+def _where(mask: torch.Tensor) -> list[int]:
+    return [int(i) for i in mask.nonzero()[0]]
+
+
+_EXACT = (
+    ("NaN", torch.isnan),
+    ("+inf", lambda x: x == float("inf")),
+    ("-inf", lambda x: x == float("-inf")),
+)
+
+
+def compare(
+    what: str,
+    reference: torch.Tensor,
+    got: torch.Tensor,
+    tolerance: float,
+    singular: bool = False,
+):
+    """The first way `got` differs from `reference`, or None.
+
+    `singular` (gradients): +-inf and NaN are one pattern (see the module's doc).
+
+    Finite values agree when |got - ref| <= tolerance * (scale + 1e-3), with
+    `scale` the tensor's largest finite reference magnitude: relative to the
+    tensor, with a floor for results that are pure rounding (a gradient that
+    cancels to 0 is 1e-16 in one order of summation, 0 in another)."""
+    if got.shape != reference.shape:
+        return Disagreement(what, f"shape {list(got.shape)}, expected {list(reference.shape)}")
+    ref, got = reference.detach().double(), got.detach().double()
+    if singular:
+        same = (torch.isnan(ref) & torch.isinf(got)) | (torch.isinf(ref) & torch.isnan(got))
+        ref = torch.where(same, torch.full_like(ref, float("nan")), ref)
+        got = torch.where(same, torch.full_like(got, float("nan")), got)
+    for name, test in _EXACT:
+        differ = test(ref) != test(got)
+        if differ.any():
+            at = _where(differ)
+            index = tuple(at)
+            return Disagreement(
+                what,
+                f"{name} pattern differs at {at}: interpreter {ref[index].item()}, "
+                f"got {got[index].item()}",
+            )
+    finite = torch.isfinite(ref)
+    if not finite.any():
+        return None
+    scale = float(ref[finite].abs().max()) + 1e-3
+    error = torch.where(finite, (got - ref).abs(), torch.zeros_like(ref)) / scale
+    worst = float(error.max())
+    if worst > tolerance:
+        at = _where(error == error.max())
+        index = tuple(at)
+        return Disagreement(
+            what,
+            f"relative error {worst:.1e} at {at} (interpreter {ref[index].item()!r}, "
+            f"got {got[index].item()!r}; tolerance {tolerance:g})",
+        )
+    return None
+
+
+def run(rec: Recurrence, analysis: Analysis, backend: str, tensors, init):
+    """(outputs, finals) of one executor on the given tensors (which it may differentiate).
+
+    `backend="auto"` goes through the public entry point (`recc.compile(...)`'s
+    callable: the binder, the dispatch and whichever executor it picks)."""
+    if backend == "auto":
+        from recc.api import CompiledRecurrence
+
+        fn = CompiledRecurrence(rec, "auto")
+        values, states = fn(
+            **tensors, initial_state=init or None, output_final_state=True, check_nan=False
+        )
+        values = values if len(rec.outputs) > 1 else (values,)
+        states = states if len(rec.states) > 1 else (states,)
+        return (
+            {o.name: v for o, v in zip(rec.outputs, values)},
+            {s.name: v for s, v in zip(rec.states, states)},
+        )
+    if backend == "triton":
+        from recc.backends.triton.function import triton_scan
+        from recc.backends.triton.launch import ScanKernel
+
+        return triton_scan(rec, analysis, ScanKernel(rec, analysis), tensors, init)
+    bound = bind(rec, tensors, init, check_nan=False)
+    if backend == "torch":
+        from recc.backends.torch import run_scan
+
+        return run_scan(rec, analysis, bound)
+    assert backend == "interpreter", backend
+    from recc.interpreter import run as interpret
+
+    return interpret(rec, bound)
+
+
+def _results(rec, analysis, backend, tensors, init, seed):
+    leaves = {k: v.clone().requires_grad_(True) for k, v in {**tensors, **init}.items()}
+    outputs, finals = run(
+        rec, analysis, backend, {k: leaves[k] for k in tensors}, {k: leaves[k] for k in init}
+    )
+    named = [(f"output {k}", v) for k, v in outputs.items()]
+    named += [(f"final state {k}", v) for k, v in finals.items()]
+    g = torch.Generator().manual_seed(seed + 1)
+    loss = sum(
+        (r * torch.randn(r.shape, generator=g, dtype=torch.float64).to(r.dtype)).sum()
+        for _, r in named
+    )
+    if isinstance(loss, torch.Tensor) and loss.requires_grad:
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    else:  # the results read no input, param or initial state
+        grads = (None,) * len(leaves)
+    named += [
+        (f"gradient of {k}", torch.zeros_like(x) if d is None else d)
+        for (k, x), d in zip(leaves.items(), grads)
+    ]
+    return [(what, value.detach()) for what, value in named]
+
+
+def disagreements(
+    rec: Recurrence,
+    analysis: Analysis,
+    backend: str,
+    tensors: dict[str, torch.Tensor],
+    init: dict[str, torch.Tensor],
+    seed: int = 0,
+    reference=None,
+    until_overflow: bool = False,
+) -> list[Disagreement]:
+    """How `backend` differs from the interpreter on one call (empty: it agrees).
+
+    `reference`: the interpreter's results for this call, if already computed.
+    `until_overflow` (regimes of huge values): where the interpreter's own
+    results are not finite, compare the outputs only before the first step that
+    is not finite, and the final states and gradients only if nothing
+    overflowed; past that point no order of evaluation is more right than
+    another (a scan and the loop reach inf at different steps, and inf - inf is
+    NaN). Any call of finite values into a spec that writes no `inf` is treated
+    so once the interpreter's results hold an inf."""
+    if reference is None:
+        reference = interpreter_results(rec, analysis, tensors, init, seed)
+    candidate = _results(rec, analysis, backend, tensors, init, seed)
+    dtype = next(iter(tensors.values())).dtype
+    tolerance = TOLERANCE.get(dtype, 1e-2)
+    results = [v for what, v in reference if not what.startswith("gradient")]
+    if not until_overflow and finite_call(rec, tensors, init):
+        until_overflow = any(bool(torch.isinf(v).any()) for v in results)
+    stop = _first_overflow(reference) if until_overflow else None
+    nan_results = any(bool(torch.isnan(v).any()) for v in results)
+    found = []
+    for (what, ref), (_, got) in zip(reference, candidate):
+        gradient = what.startswith("gradient")
+        if stop is not None:
+            if not what.startswith("output "):
+                continue
+            ref, got = ref[:, :stop], got[:, :stop]
+        if gradient and nan_results:
+            continue
+        d = compare(what, ref, got, tolerance, singular=gradient)
+        if d is not None:
+            found.append(d)
+    return found
+
+
+def finite_call(rec: Recurrence, tensors, init) -> bool:
+    """Every input, param and initial state finite (declared starts included), and
+    no `inf` written in the spec: an inf in the results is then an overflow."""
+    given = [*tensors.values(), *init.values()]
+    declared = [s.init for s in rec.states if s.name not in init]
+    definitions = (*rec.lets, *rec.updates, *rec.outputs)
+    return (
+        all(bool(torch.isfinite(x).all()) for x in given)
+        and all(math.isfinite(v) for v in declared)
+        and all(_finite_constants(d.expr) for d in definitions)
+    )
+
+
+def _finite_constants(expr: Expr) -> bool:
+    if isinstance(expr, Const):
+        return math.isfinite(expr.value)
+    return all(_finite_constants(a) for a in getattr(expr, "args", ()))
+
+
+def _first_overflow(reference) -> int | None:
+    """The first step at which an output of the interpreter is not finite (0 if only a
+    final state is), or None if every output and final state is finite."""
+    steps = []
+    for what, value in reference:
+        if what.startswith("gradient") or bool(torch.isfinite(value).all()):
+            continue
+        if what.startswith("output "):
+            bad = ~torch.isfinite(value.reshape(value.shape[0], value.shape[1], -1))
+            steps.append(int(bad.any(-1).any(0).nonzero()[0]))
+        else:  # a state overflowed that no output shows: nothing is comparable
+            steps.append(0)
+    return min(steps) if steps else None
+
+
+def interpreter_results(rec, analysis, tensors, init, seed: int = 0):
+    return _results(rec, analysis, "interpreter", tensors, init, seed)
+
+
+def triton_runs_here() -> bool:
+    """Triton kernels run here: a GPU, or its CPU interpreter (TRITON_INTERPRET=1)."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return True
+    return torch.cuda.is_available()
