@@ -320,7 +320,8 @@ def _diag_vector_update(draw, spec: _Spec, h: str, leaves: list[str]) -> tuple[s
         "a*b*h+c": f"{_paren(a)} * {_paren(b)} * {h} + {_paren(c)}",
         "a*h+z*h+c": f"{_paren(a)} * {h} + {_paren(z)} * {h} + {_paren(c)}",
         "let m=a*h": "",
-        "b (reads no state)": f"{_paren(b)}",
+        # times a vector leaf (leaves[0] is over the state's dim): b alone may be a scalar
+        "b (reads no state)": f"{_paren(b)} * {leaves[0]}",
     }
     name = draw(st.sampled_from(sorted(templates)))
     if name == "let m=a*h":

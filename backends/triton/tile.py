@@ -29,6 +29,17 @@ from recc.ir.nodes import Apply, Const, Dims, Expr, Ref, walk
 # max and min propagate NaN from either side, as the interpreter's do (Triton's
 # default would return the other operand).
 NAN = "propagate_nan=tl.PropagateNan.ALL"
+
+
+def _is_literal(text: str) -> bool:
+    """A number printed as a Python literal (a folded constant), not a tensor."""
+    try:
+        float(text.strip("() "))
+    except ValueError:
+        return False
+    return True
+
+
 _UNARY = {
     "neg": "(-{0})",
     "exp": "tl.exp({0})",
@@ -391,7 +402,9 @@ class TileAdjoint:
             self.add(args[0], f"({ct} / {v[1]})", both)
             self.add(args[1], f"(-{ct} * {out} / {v[1]})", both)
         elif op in ("max", "min"):  # ties and a NaN first operand go to the first operand
-            pick = f"(({v[0]} {'>=' if op == 'max' else '<='} {v[1]}) | ({v[0]} != {v[0]}))"
+            cmp = f"({v[0]} {'>=' if op == 'max' else '<='} {v[1]})"
+            # a where, not `|`: the first operand may be a Python float (a constant)
+            pick = cmp if _is_literal(v[0]) else f"tl.where({v[0]} != {v[0]}, True, {cmp})"
             self.add(args[0], f"tl.where({pick}, {ct}, 0.0)", both)
             self.add(args[1], f"tl.where({pick}, 0.0, {ct})", both)
         elif op == "neg":
