@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from recc.ir.evaluate import align, step
-from recc.ir.nodes import Apply, Const, Recurrence
+from recc.ir.evaluate import align, evaluate, step
+from recc.ir.nodes import Apply, Const, Recurrence, Ref, walk
 from recc.signature import Bound
 
 
@@ -137,3 +137,28 @@ def _full(value: torch.Tensor, bound: Bound, dims: tuple[str, ...]) -> torch.Ten
     """Broadcast a per-step value to its full `[B, (H), *dims]` shape."""
     shape = (bound.B, *bound.batch_heads, *bound.shape_of(dims))
     return value.expand(shape) if tuple(value.shape) != shape else value
+
+
+def last_step(
+    rec: Recurrence, bound: Bound, names: tuple[str, ...], old: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The new values of states `names` at the last step, as `run` computes them.
+
+    `old` binds the states entering the last step that these updates read. For
+    a state nothing else reads this is its final state, and differentiating it
+    differentiates its update at that one step, as the loop does (see
+    `recc.analysis.liveness`). With T = 0 the final state is the initial one."""
+    if bound.T == 0:
+        return {n: bound.initial_state[n] for n in names}
+    ops = TorchOps(bound.compute_dtype, bound.device)
+    env: dict[str, Any] = dict(bound.params)
+    env.update({name: value[:, -1] for name, value in bound.inputs.items()})
+    env.update(old)
+    for let in rec.lets:
+        if all(r in env for r in _refs(let.expr)):
+            env[let.name] = evaluate(let.expr, env, ops)
+    return {n: _full(evaluate(rec.update_of(n), env, ops), bound, rec.state(n).dims) for n in names}
+
+
+def _refs(expr) -> set[str]:
+    return {node.name for node in walk(expr) if isinstance(node, Ref)}

@@ -114,6 +114,8 @@ NASTY_NAMES = (
     "_combine_0",
     "_shift_combine",
     "_tanh",
+    "_expm1",
+    "_log1p",
 )
 
 
@@ -400,6 +402,14 @@ def diagonal_spec(draw) -> tuple[str, Expected]:
             spec.tail.append(f"output {spec.fresh('y')} = {h} * {_paren(leaves[0])}")
     if draw(st.booleans()):
         variants.append(draw(_diag_matrix(spec)))
+    if draw(st.integers(0, 3)) == 0:
+        # a state only its final shows (nothing reads it), whose update's derivative is
+        # infinite at every step (sqrt at 0): only its last step may be differentiated
+        last = spec.fresh("last")
+        spec.decls.append(f"state {last}[D] = {_state_init(draw)}")
+        singular = f"sqrt(0 * {_paren(leaves[0])})"
+        spec.tail.append(f"update {last} = {_paren(draw(gate(leaves)))} * {singular}")
+        variants.append("final only")
     return spec.render(draw), Expected("diagonal", "diagonal", variant=", ".join(variants))
 
 

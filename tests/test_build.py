@@ -174,3 +174,52 @@ def test_built_module_owns_its_names(tmp_path, source):
         torch.testing.assert_close(got, w, rtol=1e-9, atol=1e-11)
     y = wrapper(**tensors)
     torch.testing.assert_close(y[0] if isinstance(y, tuple) else y, want[0])
+
+
+UNREAD = """recurrence last_gate {
+  dims D
+  input d[D], x[D]
+  state g[D] = 0
+  state h[D] = 1
+  update g = 0.5 * g + x
+  update h = tanh(sqrt(0.0 * d)) * x
+  output y = g + d
+}
+"""
+
+
+def test_built_module_takes_an_unread_state_from_the_last_step(tmp_path):
+    """The kernels leave out a state nothing reads; the wrapper's CUDA branch takes its
+    final from the update at the last step (run here by forcing that branch: there is
+    no GPU), with the loop's values and gradients (no 0 * inf from earlier steps)."""
+    spec_path = tmp_path / "spec.rec"
+    spec_path.write_text(UNREAD)
+    rec = load(spec_path)
+    result = CliRunner().invoke(main, ["build", str(spec_path), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    source = (tmp_path / "last_gate.py").read_text()
+    assert "_last_step(" in source and "def h_" not in source
+    branch = '    if device is None or device.type != "cuda":'
+    assert branch in source
+    forced = tmp_path / "last_gate_forced.py"
+    forced.write_text(source.replace(branch, "    if device is None:"))
+    spec = importlib.util.spec_from_file_location("built_last_gate_forced", forced)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    assert [n for k, n in module.ARGUMENTS if k == "state"] == ["g"]  # h is not a kernel state
+    g = torch.Generator().manual_seed(3)
+    tensors = {n: torch.randn(2, 9, 4, generator=g, dtype=torch.float64) for n in ("d", "x")}
+    leaves = {k: v.clone().requires_grad_() for k, v in tensors.items()}
+    with fast_scan():
+        y, (g_final, h_final) = module.last_gate(**leaves, output_final_state=True)
+        loss = (y * 1.5).sum() + (g_final * 2).sum() + (h_final * 3).sum()
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+    ref = {k: v.clone().requires_grad_() for k, v in tensors.items()}
+    outs, finals = run(rec, bind(rec, ref, {}))
+    for got, want in ((y, outs["y"]), (g_final, finals["g"]), (h_final, finals["h"])):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    ref_loss = (outs["y"] * 1.5).sum() + (finals["g"] * 2).sum() + (finals["h"] * 3).sum()
+    for got, want in zip(grads, torch.autograd.grad(ref_loss, list(ref.values()))):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11, equal_nan=True)
+    assert not torch.isnan(grads[0][:, :-1]).any()  # only the last step is singular

@@ -235,3 +235,47 @@ def test_padded_steps_leave_no_trace_in_the_gradients(expanded):
     result = check(rec, lengths=(5, 13, 37), backends=("torch", "triton"))
     assert {"torch", "triton"} <= set(result.checked), result.skipped
     assert result.ok, [str(f) for f in result.failures]
+
+
+# Found by benchmarks/fuzz.py: a state no update or output reads is seen only as a
+# final state, so the loop differentiates its update at the last step alone; the
+# backends differentiated every step's, and at the others (cotangent 0) sqrt's
+# infinite derivative at 0 made 0 * inf = NaN in the input's gradient.
+UNREAD = {
+    "reads-no-state": (
+        "dims D\n input d[D], x[D]\n param p[D]\n state g[D] = 0\n state h[D] = 1\n"
+        " let r = sqrt(0.0 * d) + p\n update g = 0.5 * g + x\n update h = tanh(r) * x\n"
+        " output y = g + d"
+    ),
+    "reads-a-state": (
+        "dims D\n input d[D], x[D]\n state g[D] = 0\n state h[D] = 0\n"
+        " update g = 0.5 * g + x\n update h = 2 * g + sqrt(0.0 * d)\n output y = g + d"
+    ),
+    "only-unread-states": "dims D\n input d[D]\n state h[D] = 0\n update h = tanh(sqrt(0.0 * d))\n"
+    " output y = d",
+    "expanded": (
+        "dims D, N\n input d[D], u[N]\n state g[D, N] = 0\n state h[D, N] = 0\n"
+        " update g = 0.5 * g + outer(d, u)\n update h = outer(sqrt(0.0 * d), u)\n"
+        " output y = g @ u"
+    ),
+    "expanded-reads-a-state": (
+        "dims D, N\n input d[D], u[N]\n state g[D, N] = 0\n state h[D, N] = 0\n"
+        " update g = 0.5 * g + outer(d, u)\n update h = g + outer(sqrt(0.0 * d), u)\n"
+        " output y = g @ u"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(UNREAD))
+def test_a_state_nothing_reads_is_differentiated_at_its_last_step_only(name):
+    from recc.verify import check
+
+    rec = load(f"recurrence unread {{\n {UNREAD[name]}\n}}")
+    result = check(rec, lengths=(1, 5, 13, 37), backends=("torch", "triton"))
+    assert "torch" in result.checked, result.skipped
+    assert result.ok, [str(f) for f in result.failures]
+    if name in ("reads-no-state", "expanded"):  # the kernels leave the state out
+        assert "triton" in result.checked, result.skipped
+    else:  # the kernels would need the read state one step before the end
+        assert "triton" not in result.checked
+        assert "the torch backend computes" in result.skipped["triton"]

@@ -262,3 +262,60 @@ def test_every_coefficient_pattern_runs_as_the_interpreter(name):
     result = check(rec, lengths=(13,), backends=("triton",))
     assert "triton" in result.checked, result.skipped
     assert result.ok, [str(f) for f in result.failures]
+
+
+# Found by tests/test_backend_properties.py: the kernels computed tanh as
+# 2 * sigmoid(2x) - 1, which loses relative precision near 0 (tanh(-7.8e-7) off by
+# 1.3e-10 in fp64), and a state growing 1.6x a step carried it into a gradient.
+UNARY_MODULE = """import triton
+import triton.language as tl
+
+
+{helpers}
+
+@triton.jit
+def unary(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    m = i < n
+    x = tl.load(x_ptr + i, mask=m)
+{stores}
+"""
+
+
+def test_unary_functions_keep_torchs_precision():
+    from recc.backends.triton.cache import load_module
+    from recc.backends.triton.tile import _UNARY, HELPERS
+    from recc.interpreter import ELEMENTWISE
+
+    names = sorted(_UNARY)
+    stores = "\n".join(
+        f"    tl.store(out_ptr + {k} * BLOCK + i, {_UNARY[op].format('x')}, mask=m)"
+        for k, op in enumerate(names)
+    )
+    module = load_module(UNARY_MODULE.format(helpers=HELPERS, stores=stores), stem="unary_test")
+    magnitudes = [0.0, 1e-300, 1e-30, 1e-12, 7.8e-7, 1e-3, 0.3, 0.55, 0.7, 1.0, 2.0, 8.0]
+    magnitudes += [17.0, 19.99, 20.0, 20.01, 30.0, 200.0, 800.0, float("inf")]
+    for dtype, ulps in ((torch.float64, 2.2e-16), (torch.float32, 1.2e-7)):
+        x = torch.tensor(magnitudes + [-v for v in magnitudes] + [float("nan")], dtype=dtype)
+        block = 1 << (x.numel() - 1).bit_length()
+        out = torch.zeros(len(names), block, dtype=dtype)
+        with np_errstate():
+            module.unary[(1,)](x, out, x.numel(), BLOCK=block)
+        for k, op in enumerate(names):
+            got, want = out[k, : x.numel()], ELEMENTWISE[op](x)
+            same = (got == want) | (torch.isnan(got) & torch.isnan(want))
+            # a few units in the last place, relative to the value (and to the smallest
+            # normal number where the value is subnormal)
+            tiny = torch.finfo(dtype).tiny
+            close = (got - want).abs() <= 4 * ulps * torch.maximum(want.abs(), torch.tensor(tiny))
+            bad = ~(same | (torch.isfinite(want) & close))
+            assert not bad.any(), (
+                f"{op} ({dtype}) at {x[bad].tolist()}: got {got[bad].tolist()}, "
+                f"torch {want[bad].tolist()}"
+            )
+
+
+def np_errstate():
+    import numpy
+
+    return numpy.errstate(all="ignore")  # exp overflow in branches tl.where discards

@@ -27,8 +27,9 @@ from typing import Any
 import torch
 
 from recc.analysis.forms import Analysis, DiagonalForm, MinMaxForm
+from recc.analysis.liveness import unread_states
 from recc.analysis.rewrite import state_dependent_lets
-from recc.interpreter import TorchOps, maximum, minimum
+from recc.interpreter import TorchOps, last_step, maximum, minimum
 from recc.ir.evaluate import align, evaluate
 from recc.ir.nodes import Expr, Recurrence
 from recc.signature import Bound
@@ -53,6 +54,20 @@ class _Scan:
         dependent = state_dependent_lets(rec, names)
         self.free_lets = [let for let in rec.lets if let.name not in dependent]
         self.dependent_lets = [let for let in rec.lets if let.name in dependent]
+        # states nothing reads: only their final leaves the scan (see unread_finals)
+        self.unread = unread_states(rec)
+
+    def unread_finals(self, finals: dict[str, torch.Tensor], entering_last) -> dict:
+        """`finals` with each state nothing reads recomputed from its update at the
+        last step (`entering_last`: the states entering it), as the loop computes it.
+
+        The scan's history of such a state then reaches nothing, so autograd never
+        differentiates its earlier steps (whose cotangents are 0, and 0 times an
+        infinite local derivative would be NaN; see recc.analysis.liveness)."""
+        if not self.unread:
+            return finals
+        old = {k: v for k, v in entering_last.items() if k not in self.unread}
+        return {**finals, **last_step(self.rec, self.bound, self.unread, old)}
 
     # ---- per-step coefficients ----
     def env_at(self, steps: dict[str, tuple[torch.Tensor, ...]], i: int) -> dict[str, Any]:
@@ -373,6 +388,7 @@ def _vector_states(scan: _Scan, bound: Bound, chunks: _Chunks):
     env, states, entering = state_history(scan, bound, chunks)
     finals = {k: v[:, -1, chunks.last_step] for k, v in states.items()}
     old = {k: torch.cat([entering[k].unsqueeze(2), v[:, :, :-1]], dim=2) for k, v in states.items()}
+    finals = scan.unread_finals(finals, {k: v[:, -1, chunks.last_step] for k, v in old.items()})
     valid = chunks.valid()
     old = {k: chunks.inert(v, valid, 2, finals[k]) for k, v in old.items()}
     new = {k: chunks.inert(v, valid, 2, finals[k]) for k, v in states.items()}
@@ -443,7 +459,7 @@ def _expanded_states(scan: _Scan, bound: Bound, chunks: _Chunks):
     entering = _carry(scan, bound, summary, nc)
 
     # pass 2: states and outputs, all chunks at once from their entering states
-    def run_steps(states, start: int, last):
+    def run_steps(states, start: int, last, before_last):
         ys: dict[str, list[torch.Tensor]] = {o.name: [] for o in rec.outputs}
 
         def padded(state, valid, name):  # padded steps come after `last` is known
@@ -453,6 +469,8 @@ def _expanded_states(scan: _Scan, bound: Bound, chunks: _Chunks):
             env = scan.env_at(steps, i)
             valid = chunks.valid_at(i)
             maps = scan.step_maps(env, shapes, valid)
+            if i == chunks.last_step:  # the states entering the last real step
+                before_last = {k: v[:, -1] for k, v in states.items()}
             env = dict(env)
             env.update({k: padded(v, valid, k) for k, v in states.items()})
             for let in scan.dependent_lets:
@@ -466,13 +484,14 @@ def _expanded_states(scan: _Scan, bound: Bound, chunks: _Chunks):
             for o in rec.outputs:
                 shape = (B, nc, *heads, *bound.shape_of(o.expr.dims))
                 ys[o.name].append(torch.broadcast_to(evaluate(o.expr, out_env, scan.ops), shape))
-        return states, ys, last
+        return states, ys, last, before_last
 
     states = entering
-    finals = None
+    finals = before_last = None
     per_step: dict[str, list[torch.Tensor]] = {o.name: [] for o in rec.outputs}
     for start in starts:
-        states, ys, finals = run(run_steps, states, start, finals)
+        states, ys, finals, before_last = run(run_steps, states, start, finals, before_last)
         for name, values in ys.items():
             per_step[name].extend(values)
+    finals = scan.unread_finals(finals, before_last)
     return finals, {name: torch.stack(ys, dim=2) for name, ys in per_step.items()}

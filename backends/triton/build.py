@@ -18,18 +18,30 @@ from __future__ import annotations
 
 from recc.analysis.forms import Analysis
 from recc.backends.triton.names import Namespace, docstring_text
-from recc.backends.triton.scan_codegen import generate_scan_module
+from recc.backends.triton.scan_codegen import generate_scan_module, kernel_spec
 from recc.ir.nodes import Recurrence
 
 # What the glue imports or defines at module level, beside the kernels' names.
-_GLUE = ("_sys", "torch", "_recc", "_ScanKernel", "_bind", "_initial_states", "__all__")
+_GLUE = (
+    "_sys",
+    "torch",
+    "_recc",
+    "_ScanKernel",
+    "_bind",
+    "_initial_states",
+    "_last_step",
+    "__all__",
+)
 
 
 def _class_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_")) + "Scan"
 
 
-def build_module(rec: Recurrence, analysis: Analysis) -> str:
+def build_module(spec: Recurrence, analysis: Analysis) -> str:
+    # the kernels compute `rec`: the spec less the states nothing reads, whose finals
+    # the wrapper takes from their updates at the last step (see kernel_spec)
+    rec, analysis, unread = kernel_spec(spec, analysis)
     kernels, plan = generate_scan_module(rec, analysis)
     module = plan.names.parent
     assert module is not None
@@ -45,8 +57,8 @@ def build_module(rec: Recurrence, analysis: Analysis) -> str:
     # every input (the call's batch and length come from them) and param, read by
     # the kernels or not (those get no gradient), then the initial states
     leaf_keys = [
-        *(("input", i.name) for i in rec.inputs),
-        *(("param", p.name) for p in rec.params),
+        *(("input", i.name) for i in spec.inputs),
+        *(("param", p.name) for p in spec.params),
         *(("state", s.name) for s in rec.states),
     ]
     # the Function's arguments: one local scope for forward and backward
@@ -94,6 +106,7 @@ def build_module(rec: Recurrence, analysis: Analysis) -> str:
         "from recc.backends.triton.launch import ScanKernel as _ScanKernel",
         "from recc.signature import bind as _bind",
         "from recc.signature import initial_states as _initial_states",
+        *(["from recc.interpreter import last_step as _last_step"] if unread else []),
         "",
         f'{spec_var} = """{docstring_text(rec.source)}"""',
         "# The Function's arguments in order: (kind, spec name).",
@@ -155,6 +168,19 @@ def build_module(rec: Recurrence, analysis: Analysis) -> str:
     n_out = len(rec.outputs)
     out_expr = "results[0]" if n_out == 1 else f"tuple(results[:{n_out}])"
     fin_expr = f"results[{n_out}]" if len(rec.states) == 1 else f"tuple(results[{n_out}:])"
+    if unread:
+        live = tuple(s.name for s in rec.states)
+        lines += [
+            f"    finals = dict(zip({live!r}, results[{n_out}:]))",
+            "    # read by no step: the final is the update at the last step, as the loop has it",
+            f"    finals.update(_last_step({compiled}.spec, bound, {unread!r}, {{}}))",
+        ]
+        names = [s.name for s in spec.states]
+        fin_expr = (
+            f"finals[{names[0]!r}]"
+            if len(names) == 1
+            else ("(" + ", ".join(f"finals[{n!r}]" for n in names) + ",)")
+        )
     lines += [
         f"    out = {out_expr}",
         f"    return (out, {fin_expr}) if output_final_state else out",

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from recc.analysis.forms import Analysis
+from recc.interpreter import last_step
 from recc.ir.nodes import Recurrence
 from recc.signature import bind
 
@@ -21,10 +22,11 @@ from recc.signature import bind
 class _TritonScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run: Any, names: tuple[str, ...], n_tensors: int, *leaves: torch.Tensor):
-        rec, kernel = run
+        spec, kernel = run  # the kernel computes kernel.rec: the spec less its unread states
+        rec = kernel.rec
         tensors = dict(zip(names[:n_tensors], leaves[:n_tensors]))
         init = dict(zip(names[n_tensors:], leaves[n_tensors:]))
-        bound = bind(rec, tensors, init, check_nan=False)
+        bound = bind(spec, tensors, init, check_nan=False)
         grad = any(ctx.needs_input_grad[3:])
         outputs, finals, ckpts = kernel.forward(bound, output_final_state=True, checkpoints=grad)
         ctx.save_for_backward(*leaves, *ckpts.values())
@@ -34,12 +36,13 @@ class _TritonScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
-        rec, kernel = ctx.run
+        spec, kernel = ctx.run
+        rec = kernel.rec
         saved = ctx.saved_tensors
         leaves, ckpt_list = saved[: ctx.n_leaves], saved[ctx.n_leaves :]
         names, n = ctx.names, ctx.n_tensors
         bound = bind(
-            rec,
+            spec,
             dict(zip(names[:n], leaves[:n])),
             dict(zip(names[n:], leaves[n:])),
             check_nan=False,
@@ -66,12 +69,20 @@ def triton_scan(
     tensors: dict[str, torch.Tensor],
     initial_state: dict[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Outputs and final states through the Triton kernels, differentiable."""
+    """Outputs and final states through the Triton kernels, differentiable.
+
+    A state nothing reads gets its final from its update at the last step, in
+    torch (`recc.interpreter.last_step`); the kernels leave it out."""
     del analysis  # the kernel was generated from it
     names = tuple(tensors) + tuple(initial_state)
     leaves = [*tensors.values(), *initial_state.values()]
     results = _TritonScan.apply((rec, kernel), names, len(tensors), *leaves)
     n_out = len(rec.outputs)
     outputs = {o.name: r for o, r in zip(rec.outputs, results[:n_out])}
-    finals = {s.name: r for s, r in zip(rec.states, results[n_out:])}
-    return outputs, finals
+    finals = {s.name: r for s, r in zip(kernel.rec.states, results[n_out:])}
+    if kernel.unread:  # their updates read no state (ScanKernel checks)
+        bound = bind(rec, tensors, initial_state, check_nan=False)
+        finals.update(last_step(rec, bound, kernel.unread, {}))
+    return {o.name: outputs[o.name] for o in rec.outputs}, {
+        s.name: finals[s.name] for s in rec.states
+    }

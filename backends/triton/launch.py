@@ -16,7 +16,12 @@ import torch
 
 from recc.analysis.forms import Analysis
 from recc.backends.triton.cache import load_module
-from recc.backends.triton.scan_codegen import ScanKernelPlan, TensorArg, generate_scan_module
+from recc.backends.triton.scan_codegen import (
+    ScanKernelPlan,
+    TensorArg,
+    generate_scan_module,
+    kernel_spec,
+)
 from recc.backends.triton.tile import TIME
 from recc.ir.nodes import Recurrence
 from recc.signature import Bound
@@ -67,8 +72,9 @@ class ScanKernel:
     def __init__(self, rec: Recurrence, analysis: Analysis, module=None) -> None:
         """`module`: an already imported module with these kernels (a `recc build`
         output); by default they are generated and loaded from the kernel cache."""
-        self.rec = rec
-        self.source, self.plan = generate_scan_module(rec, analysis)
+        self.spec = rec
+        self.rec, analysis, self.unread = kernel_spec(rec, analysis)
+        self.source, self.plan = generate_scan_module(self.rec, analysis)
         self.module = module or load_module(self.source, stem=f"{rec.name}_scan")
         self.forward_kernel = getattr(self.module, self.plan.forward)
         self.backward_kernel = getattr(self.module, self.plan.backward)

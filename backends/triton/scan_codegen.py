@@ -50,7 +50,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recc.analysis.classify import analyze
 from recc.analysis.forms import Analysis, DiagonalBlock, DiagonalForm, MinMaxForm
+from recc.analysis.liveness import states_read, unread_states, without_states
 from recc.analysis.rewrite import state_dependent_lets
 from recc.backends.triton.names import Namespace, comment_text, docstring_text
 from recc.backends.triton.tile import (
@@ -68,7 +70,7 @@ from recc.ir.nodes import Expr, Recurrence, Ref, walk
 
 INF = float("inf")
 # Names every generated module defines at top level.
-MODULE_NAMES = ("triton", "tl", "_tanh", "_softplus")
+MODULE_NAMES = ("triton", "tl", "_expm1", "_log1p", "_tanh", "_softplus")
 
 
 @dataclass(frozen=True)
@@ -1010,6 +1012,38 @@ def _free_refs(rec: Recurrence, expr: Expr, dependent: set[str]) -> list[Ref]:
             else:
                 found.setdefault(node.name, node)
     return list(found.values())
+
+
+def kernel_spec(rec: Recurrence, analysis: Analysis):
+    """(the spec the kernels compute, its analysis, the states they leave out).
+
+    A state nothing reads is seen only as a final state: the kernels leave it
+    out, and `triton_scan` (and a `recc build` module) compute its final from
+    its update at the last step, as the loop does. The backward kernel would
+    differentiate every step's
+    update, multiplying the earlier steps' zero cotangents by derivatives that
+    may be infinite (0 * inf = NaN; see recc.analysis.liveness)."""
+    unread = unread_states(rec)
+    if not unread:
+        return rec, analysis, ()
+    for name in unread:
+        read = sorted(states_read(rec, rec.update_of(name)))
+        if read:
+            raise Unsupported(
+                f"state '{name}' is read by no update or output, and its update reads "
+                f"state '{read[0]}': its final needs '{read[0]}' one step before the end, "
+                "which the kernels do not keep; the torch backend computes it"
+            )
+    if len(unread) == len(rec.states):
+        raise Unsupported(
+            "no update or output reads any state, so there is nothing to scan; "
+            "the torch backend computes the final states from the last step"
+        )
+    live = without_states(rec, set(unread))
+    live_analysis = analyze(live)
+    if live_analysis.kind != analysis.kind:  # pragma: no cover - removing states keeps the class
+        raise Unsupported(f"without its unread states the spec is {live_analysis.kind}")
+    return live, live_analysis, unread
 
 
 def generate_scan_module(rec: Recurrence, analysis: Analysis) -> tuple[str, ScanKernelPlan]:

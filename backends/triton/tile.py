@@ -61,17 +61,39 @@ _BINARY = {
     "min": "tl.minimum({0}, {1}, " + NAN + ")",
 }
 
-# Helpers every generated module defines (Triton 3.9 has no tanh / softplus).
+# Helpers every generated module defines (Triton 3.9 has no tanh, softplus,
+# expm1 or log1p in `tl`, and its libdevice ones do not run in the interpreter).
+# Each keeps full relative precision, as torch's do: 2 * sigmoid(2x) - 1 would
+# lose it near 0 (tanh(1e-6) off by 1e-10 in fp64, 1e-2 in fp32), and
+# log(1 + exp(x)) below -17 in fp64 (-8 in fp32).
 HELPERS = """\
 @triton.jit
+def _expm1(x):
+    # exp(x) - 1 (Kahan): (u - 1) * x / log(u) cancels the rounding of u = exp(x)
+    u = tl.exp(x)
+    um1 = u - 1.0
+    return tl.where(u == 1.0, x, tl.where(um1 == -1.0, -1.0, um1 * x / tl.log(u)))
+
+
+@triton.jit
+def _log1p(x):
+    # log(1 + x) for x >= 0 (Goldberg): log(w) * x / (w - 1) cancels the rounding of w
+    w = 1.0 + x
+    return tl.where(w == 1.0, x, tl.log(w) * (x / (w - 1.0)))
+
+
+@triton.jit
 def _tanh(x):
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+    # sign(x) * -expm1(-2|x|) / (2 + expm1(-2|x|)): no cancellation at any |x|
+    e = _expm1(-2.0 * tl.abs(x))
+    t = -e / (2.0 + e)
+    return tl.where(x < 0.0, -t, t)
 
 
 @triton.jit
 def _softplus(x):
-    # log(1 + exp(x)) without overflow: max(x, 0) + log(1 + exp(-|x|))
-    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+    # torch's softplus: x above its threshold 20, else log1p(exp(x))
+    return tl.where(x > 20.0, x, _log1p(tl.exp(x)))
 """
 
 
@@ -418,7 +440,9 @@ class TileAdjoint:
         elif op == "tanh":
             self.add(args[0], f"({ct} * (1.0 - {out} * {out}))", axes)
         elif op == "softplus":
-            self.add(args[0], f"({ct} * tl.sigmoid({v[0]}))", axes)
+            # torch's: 1 above the threshold 20, sigmoid(x) below
+            slope = f"tl.where({v[0]} > 20.0, 1.0, tl.sigmoid({v[0]}))"
+            self.add(args[0], f"({ct} * {slope})", axes)
         elif op == "relu":  # torch.relu's gradient: 0 at 0
             self.add(args[0], f"tl.where({v[0]} > 0.0, {ct}, 0.0)", axes)
         elif op == "silu":
