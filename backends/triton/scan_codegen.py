@@ -1020,9 +1020,9 @@ def kernel_spec(rec: Recurrence, analysis: Analysis):
     A state nothing reads is seen only as a final state: the kernels leave it
     out, and `triton_scan` (and a `recc build` module) compute its final from
     its update at the last step, as the loop does. The backward kernel would
-    differentiate every step's
-    update, multiplying the earlier steps' zero cotangents by derivatives that
-    may be infinite (0 * inf = NaN; see recc.analysis.liveness)."""
+    differentiate every step's update, multiplying the earlier steps' zero
+    cotangents by derivatives that may be infinite (0 * inf = NaN; see
+    recc.analysis.liveness)."""
     unread = unread_states(rec)
     if not unread:
         return rec, analysis, ()
