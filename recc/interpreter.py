@@ -17,6 +17,8 @@ import torch
 
 from recc.ir.evaluate import align, evaluate, step
 from recc.ir.nodes import Apply, Const, Recurrence, Ref, walk
+from recc.ir.ops import ELEMENTWISE as ELEMENTWISE_OPS
+from recc.ir.ops import INTERNAL, OPS
 from recc.signature import Bound
 
 
@@ -38,12 +40,14 @@ class TorchOps:
 
     def apply(self, node: Apply, args: list[Any]) -> torch.Tensor:
         op = node.op
-        if op in ("add", "sub", "mul", "div", "max", "min"):
-            a = align(args[0], node.args[0].dims, node.dims)
-            b = align(args[1], node.args[1].dims, node.dims)
-            return _BINARY[op](a, b)
-        if op in _UNARY:
-            return _UNARY[op](args[0])
+        if op in ELEMENTWISE_OPS or op in INTERNAL:
+            # a constant stays 0-d: it broadcasts as it is, and pow(x, 2) stays torch's
+            # scalar-exponent pow (x * x), as constant folding computes it
+            aligned = [
+                v if isinstance(a, Const) else align(v, a.dims, node.dims)
+                for v, a in zip(args, node.args)
+            ]
+            return OPS[op].torch(*aligned)
         if op == "matmul":
             a, b = args
             da, db = node.args[0].dims, node.args[1].dims
@@ -66,41 +70,8 @@ class TorchOps:
         raise AssertionError(f"unknown op {op}")  # pragma: no cover
 
 
-def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """max with recc's tie rule: on a tie the gradient goes to the FIRST argument.
-
-    (torch.maximum splits it half and half.) NaN propagates from either side.
-    """
-    return torch.where((a >= b) | torch.isnan(a), a, b)
-
-
-def minimum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """min with recc's tie rule: on a tie the gradient goes to the FIRST argument."""
-    return torch.where((a <= b) | torch.isnan(a), a, b)
-
-
-_BINARY = {
-    "add": torch.add,
-    "sub": torch.sub,
-    "mul": torch.mul,
-    "div": torch.div,
-    "max": maximum,
-    "min": minimum,
-}
-_UNARY = {
-    "neg": torch.neg,
-    "exp": torch.exp,
-    "log": torch.log,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-    "softplus": torch.nn.functional.softplus,
-    "relu": torch.relu,
-    "silu": torch.nn.functional.silu,
-    "sqrt": torch.sqrt,
-    "abs": torch.abs,
-}
-# Every elementwise operator, as the analysis folds constants with it too.
-ELEMENTWISE = {**_BINARY, **_UNARY}
+# Every elementwise operator on tensors, as the analysis folds constants with it too.
+ELEMENTWISE = {name: OPS[name].torch for name in sorted(ELEMENTWISE_OPS)}
 
 
 def run(rec: Recurrence, bound: Bound) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -39,6 +39,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from recc.ir.nodes import Recurrence
+from recc.ir.ops import SPELLED
 
 # ---------------------------------------------------------------------------
 # settings profiles
@@ -116,6 +117,8 @@ NASTY_NAMES = (
     "_tanh",
     "_expm1",
     "_log1p",
+    "_log_sigmoid",
+    "_g1",
 )
 
 
@@ -770,7 +773,7 @@ def step_env(draw, rec: Recurrence, max_B: int = 3, scale: float = 1.5) -> dict[
 
 _TOKENS = (
     "recurrence dims input param state let update output inf".split()
-    + "exp log sigmoid tanh softplus relu silu sqrt abs max min outer dot sum transpose".split()
+    + sorted(SPELLED)  # every function of the op table
     + ["h", "x", "D", "K", "S", "r", "T", "_a1", "inf_x"]
     + ["0", "1", "2.5", "1e-3", ".5", "1.", "1e999", "-1", "007"]
     + list("+-*/@=,()[]{}")
@@ -882,7 +885,23 @@ _BY_SHAPE = {
     ("D", "D"): ["A"],
     ("E", "E"): ["C"],
 }
-_UNARY_FUNCS = ("exp", "log", "sigmoid", "tanh", "softplus", "relu", "silu", "sqrt", "abs")
+_UNARY_FUNCS = (
+    "exp",
+    "exp2",
+    "log",
+    "sigmoid",
+    "log_sigmoid",
+    "tanh",
+    "softplus",
+    "relu",
+    "silu",
+    "sqrt",
+    "abs",
+    "cos",
+    "sin",
+)
+# pow's exponents: each way the Triton printer writes x ** p (recc.backends.triton.tile._pow)
+_POW_EXPONENTS = ("0", "1", "2", "3", "-1", "-2", "0.5", "-0.5", "1.5", "-2.5", "5", "0.3")
 
 
 def _number(value: float) -> str:
@@ -915,6 +934,8 @@ def typed_expr(draw, shape: tuple[str, ...], depth: int = 3) -> str:
     if kind == 2:
         return f"-({sub(shape)})"
     if kind == 3:
+        if draw(st.integers(0, 4)) == 0:
+            return f"pow({sub(shape)}, {draw(st.sampled_from(_POW_EXPONENTS))})"
         return f"{draw(st.sampled_from(_UNARY_FUNCS))}({sub(shape)})"
     if kind == 4 and len(shape) == 2:  # transpose, both spellings
         t = sub(shape[::-1])
@@ -951,7 +972,11 @@ def expression_spec(draw) -> str:
         lines.append(f"  let l{i} = {draw(typed_expr(draw(st.sampled_from(shapes))))}\n")
     lines.append(f"  update h = {draw(typed_expr(('D',)))}\n")
     out = draw(typed_expr(draw(st.sampled_from(shapes))))
-    words = set(re.findall(r"(?<![\d.])[A-Za-z_][A-Za-z_0-9]*", out)) - {"inf", *_UNARY_FUNCS}
+    words = set(re.findall(r"(?<![\d.])[A-Za-z_][A-Za-z_0-9]*", out)) - {
+        "inf",
+        "pow",
+        *_UNARY_FUNCS,
+    }
     if not words - {"max", "min", "sum", "dot", "outer", "transpose"}:
         out = f"({out}) + 0 * s"  # an output must read something
     lines.append(f"  output o = {out}\n")

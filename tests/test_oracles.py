@@ -242,7 +242,7 @@ def test_rglru_matches_griffin() -> None:
 
 def test_lru_matches_complex_recurrence() -> None:
     B, T, D = 2, 9, 4  # noqa: N806
-    nu, theta_log, rho_raw = rand(D), rand(D), rand(D)
+    nu, theta_log = rand(D), rand(D)
     u_re, u_im, h0_re, h0_im = rand(B, T, D), rand(B, T, D), rand(B, D), rand(B, D)
     # Reference: complex128, lambda = exp(-exp(nu) + i exp(theta_log)).
     lam = torch.exp(torch.complex(-torch.exp(nu), torch.exp(theta_log)))
@@ -253,15 +253,7 @@ def test_lru_matches_complex_recurrence() -> None:
         h = lam * h + gamma * u[:, t]
         hs.append(h)
     ref = torch.stack(hs, 1)
-    # The spec takes the phase as a direction of any length rho > 0.
-    theta, rho = torch.exp(theta_log), rho_raw.abs() + 0.3
-    tensors = {
-        "u_re": u_re,
-        "u_im": u_im,
-        "nu": nu,
-        "p_re": rho * torch.cos(theta),
-        "p_im": rho * torch.sin(theta),
-    }
+    tensors = {"u_re": u_re, "u_im": u_im, "nu": nu, "theta_log": theta_log}
     outs, finals = run_spec("lru", tensors, {"h_re": h0_re, "h_im": h0_im})
     assert_match(
         [

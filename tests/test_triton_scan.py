@@ -282,15 +282,24 @@ def unary(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
 """
 
 
+POW_EXPONENTS = (0.0, 1.0, 2.0, 3.0, 4.0, -1.0, -2.0, -4.0, 0.5, -0.5, 1.5, -2.5, 3.5)
+# through exp(p * log|x|): relative error about |p * log(x)| ulps (docs/language.md)
+POW_EXP_LOG = (5.0, 6.0, -7.0, 1 / 3, -0.75, 2.2)
+
+
 def test_unary_functions_keep_torchs_precision():
     from recc.backends.triton.cache import load_module
-    from recc.backends.triton.tile import _UNARY, HELPERS
-    from recc.interpreter import ELEMENTWISE
+    from recc.backends.triton.tile import HELPERS, PRINT, _pow, exact_pow
+    from recc.ir.ops import ELEMENTWISE, OPS
 
-    names = sorted(_UNARY)
+    # every one-operand op of the table, and pow at each way it is printed
+    unary = sorted(op for op in ELEMENTWISE if OPS[op].arity == 1)
+    columns = [(op, PRINT[op].format("x"), OPS[op].torch, 0.0) for op in unary]
+    for p in POW_EXPONENTS + POW_EXP_LOG:
+        columns.append((f"pow(x, {p})", _pow("x", p), lambda x, p=p: torch.pow(x, p), p))
     stores = "\n".join(
-        f"    tl.store(out_ptr + {k} * BLOCK + i, {_UNARY[op].format('x')}, mask=m)"
-        for k, op in enumerate(names)
+        f"    tl.store(out_ptr + {k} * BLOCK + i, {text}, mask=m)"
+        for k, (_, text, _, _) in enumerate(columns)
     )
     module = load_module(UNARY_MODULE.format(helpers=HELPERS, stores=stores), stem="unary_test")
     magnitudes = [0.0, 1e-300, 1e-30, 1e-12, 7.8e-7, 1e-3, 0.3, 0.55, 0.7, 1.0, 2.0, 8.0]
@@ -298,16 +307,20 @@ def test_unary_functions_keep_torchs_precision():
     for dtype, ulps in ((torch.float64, 2.2e-16), (torch.float32, 1.2e-7)):
         x = torch.tensor(magnitudes + [-v for v in magnitudes] + [float("nan")], dtype=dtype)
         block = 1 << (x.numel() - 1).bit_length()
-        out = torch.zeros(len(names), block, dtype=dtype)
+        out = torch.zeros(len(columns), block, dtype=dtype)
         with np_errstate():
             module.unary[(1,)](x, out, x.numel(), BLOCK=block)
-        for k, op in enumerate(names):
-            got, want = out[k, : x.numel()], ELEMENTWISE[op](x)
+        for k, (op, _, torch_fn, p) in enumerate(columns):
+            got, want = out[k, : x.numel()], torch_fn(x)
             same = (got == want) | (torch.isnan(got) & torch.isnan(want))
             # a few units in the last place, relative to the value (and to the smallest
             # normal number where the value is subnormal)
             tiny = torch.finfo(dtype).tiny
-            close = (got - want).abs() <= 4 * ulps * torch.maximum(want.abs(), torch.tensor(tiny))
+            units = torch.full_like(x, 4.0)
+            if p and not exact_pow(p):
+                units = units + (p * torch.log(x.abs())).abs()
+            scale = torch.maximum(want.abs(), torch.tensor(tiny))
+            close = (got - want).abs() <= units * ulps * scale
             bad = ~(same | (torch.isfinite(want) & close))
             assert not bad.any(), (
                 f"{op} ({dtype}) at {x[bad].tolist()}: got {got[bad].tolist()}, "
@@ -319,3 +332,30 @@ def np_errstate():
     import numpy
 
     return numpy.errstate(all="ignore")  # exp overflow in branches tl.where discards
+
+
+# The ops added through the op table (cos, sin, log_sigmoid, exp2, pow), in gates,
+# injections, the readout and a MinMax bound: their forward is the table's torch and
+# their backward the table's vjp, printed by the Triton printer.
+NEW_OPS = {
+    "diagonal": (
+        "let a = sigmoid(p) * cos(x) * exp2(-softplus(q))\n"
+        " update h = a * h + log_sigmoid(x) + pow(sin(x), 2) + pow(abs(x) + 1, -1.5)\n"
+        " output y = pow(h, 3) + sin(h)"
+    ),
+    "minmax": "update h = max(min(h, exp2(x)), log_sigmoid(x) + pow(abs(x), 0.5))\n output h",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_OPS))
+def test_ops_added_through_the_table_run_as_the_interpreter(name):
+    from recc.verify import check
+
+    rec = load(
+        f"recurrence {name} {{\n dims D\n input x[D]\n param p[D], q[D]\n state h[D] = 0.5\n"
+        f" {NEW_OPS[name]}\n}}"
+    )
+    assert analyze(rec).kind == name
+    result = check(rec, lengths=(13,), backends=("triton",))
+    assert "triton" in result.checked, result.skipped
+    assert result.ok, [str(f) for f in result.failures]

@@ -29,9 +29,10 @@ import torch
 from recc.analysis.forms import Analysis, DiagonalForm, MinMaxForm
 from recc.analysis.liveness import unread_states
 from recc.analysis.rewrite import state_dependent_lets
-from recc.interpreter import TorchOps, last_step, maximum, minimum
+from recc.interpreter import TorchOps, last_step
 from recc.ir.evaluate import align, evaluate
 from recc.ir.nodes import Expr, Recurrence
+from recc.ir.ops import maximum, minimum
 from recc.signature import Bound
 
 INF = float("inf")

@@ -70,7 +70,7 @@ from recc.ir.nodes import Expr, Recurrence, Ref, walk
 
 INF = float("inf")
 # Names every generated module defines at top level.
-MODULE_NAMES = ("triton", "tl", "_expm1", "_log1p", "_tanh", "_softplus")
+MODULE_NAMES = ("triton", "tl", "_expm1", "_log1p", "_tanh", "_log_sigmoid", "_softplus")
 
 
 @dataclass(frozen=True)

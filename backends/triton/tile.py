@@ -25,41 +25,83 @@ from recc.analysis.rewrite import ExprOps, NotCanonical
 from recc.backends.triton.names import Namespace
 from recc.ir.evaluate import evaluate
 from recc.ir.nodes import Apply, Const, Dims, Expr, Ref, walk
+from recc.ir.ops import ELEMENTWISE, OPS
+
+# The name a derivative rule's cotangent has while the emitter prints the rule
+# (no spec name can be spelled so).
+COTANGENT = "<cotangent>"
 
 # max and min propagate NaN from either side, as the interpreter's do (Triton's
 # default would return the other operand).
 NAN = "propagate_nan=tl.PropagateNan.ALL"
 
 
-def _is_literal(text: str) -> bool:
-    """A number printed as a Python literal (a folded constant), not a tensor."""
-    try:
-        float(text.strip("() "))
-    except ValueError:
-        return False
-    return True
-
-
-_UNARY = {
-    "neg": "(-{0})",
-    "exp": "tl.exp({0})",
-    "log": "tl.log({0})",
-    "sigmoid": "tl.sigmoid({0})",
-    "tanh": "_tanh({0})",
-    "softplus": "_softplus({0})",
-    "relu": "tl.maximum({0}, 0.0, " + NAN + ")",
-    "silu": "({0} * tl.sigmoid({0}))",
-    "sqrt": "tl.sqrt({0})",
-    "abs": "tl.abs({0})",
-}
-_BINARY = {
+# One line per op of the op table (recc.ir.ops); `pow` is printed by `_pow` from
+# its literal exponent, the structural ops by `TileEmitter._code`.
+PRINT = {
     "add": "({0} + {1})",
     "sub": "({0} - {1})",
     "mul": "({0} * {1})",
     "div": "({0} / {1})",
+    "neg": "(-{0})",
     "max": "tl.maximum({0}, {1}, " + NAN + ")",
     "min": "tl.minimum({0}, {1}, " + NAN + ")",
+    "exp": "tl.exp({0})",
+    "exp2": "tl.exp2({0})",
+    "log": "tl.log({0})",
+    "sqrt": "tl.sqrt({0})",
+    "abs": "tl.abs({0})",
+    "sigmoid": "tl.sigmoid({0})",
+    "log_sigmoid": "_log_sigmoid({0})",
+    "tanh": "_tanh({0})",
+    "softplus": "_softplus({0})",
+    "relu": "tl.maximum({0}, 0.0, " + NAN + ")",
+    "silu": "({0} * tl.sigmoid({0}))",
+    "cos": "tl.cos({0})",
+    "sin": "tl.sin({0})",
+    # internal: the derivative rules' comparisons and selection
+    "gt": "({0} > {1})",
+    "le": "({0} <= {1})",
+    "max_picks_first": "(({0} >= {1}) | ({0} != {0}))",
+    "min_picks_first": "(({0} <= {1}) | ({0} != {0}))",
+    "select": "tl.where({0}, {1}, {2})",
 }
+
+# Exponents with |p| up to this are products (and a square root for halves), as
+# exact as torch's pow; others are exp(p * log|x|), whose relative error is about
+# |p * log(x)| units in the last place (documented in docs/language.md).
+_POW_PRODUCTS = 4
+
+
+def exact_pow(p: float) -> bool:
+    """Whether `_pow` prints x ** p as products, not through exp and log."""
+    return (2 * p).is_integer() and abs(p) <= _POW_PRODUCTS
+
+
+def _pow(x: str, p: float) -> str:
+    """x ** p for a literal exponent p, with torch's values at 0, -0, inf and NaN."""
+    if p == 0.0:
+        return f"(tl.zeros_like({x}) + 1.0)"  # torch's pow(x, 0) is 1, even for NaN
+    if abs(p) == 0.5:  # torch's own special cases: sqrt and rsqrt
+        return f"tl.sqrt({x})" if p > 0 else f"(1.0 / tl.sqrt({x}))"
+    if p.is_integer() and abs(p) <= _POW_PRODUCTS:
+        product = "(" + " * ".join([x] * int(abs(p))) + ")"
+        return product if p > 0 else f"(1.0 / {product})"
+    if p.is_integer():  # exp-log of |x|, with the sign of an odd power (-0 included)
+        magnitude = f"tl.exp({p!r} * tl.log(tl.abs({x})))"
+        if p % 2 == 0:
+            return magnitude
+        return f"tl.where(({x} < 0.0) | (1.0 / {x} < 0.0), -{magnitude}, {magnitude})"
+    base = f"({x} + 0.0)"  # -0 is +0 here: x ** 1.5 has no sign
+    if exact_pow(p):
+        whole = int(abs(p))  # x ** (k + 1/2) = x ** k * sqrt(x)
+        value = "(" + " * ".join([base] * whole + [f"tl.sqrt({base})"]) + ")"
+        value = value if p > 0 else f"(1.0 / {value})"
+    else:
+        value = f"tl.exp({p!r} * tl.log({base}))"  # NaN below 0, as torch's
+    at_minus_inf = 'float("inf")' if p > 0 else "0.0"  # C's pow(-inf, p)
+    return f"tl.where({x} == -float('inf'), {at_minus_inf}, {value})"
+
 
 # Helpers every generated module defines (Triton 3.9 has no tanh, softplus,
 # expm1 or log1p in `tl`, and its libdevice ones do not run in the interpreter).
@@ -88,6 +130,12 @@ def _tanh(x):
     e = _expm1(-2.0 * tl.abs(x))
     t = -e / (2.0 + e)
     return tl.where(x < 0.0, -t, t)
+
+
+@triton.jit
+def _log_sigmoid(x):
+    # torch's: min(x, 0) - log1p(exp(-|x|))
+    return tl.minimum(x, 0.0) - _log1p(tl.exp(-tl.abs(x)))
 
 
 @triton.jit
@@ -227,7 +275,7 @@ class TileEmitter:
                 return literal(folded.value)
         args = [self.emit(a) for a in expr.args]
         for i, a in enumerate(expr.args):
-            if not any(isinstance(n, Ref) for n in walk(a)):
+            if expr.op not in ("gt", "le") and not any(isinstance(n, Ref) for n in walk(a)):
                 args[i] = f"tl.full([], {args[i]}, DTYPE)"  # typed: the kernel's compute dtype
         code = self._code(expr, args)
         name = self.fresh()
@@ -237,10 +285,10 @@ class TileEmitter:
 
     def _code(self, expr: Apply, args: list[str]) -> str:
         op = expr.op
-        if op in _BINARY:
-            return _BINARY[op].format(*args)
-        if op in _UNARY:
-            return _UNARY[op].format(*args)
+        if op == "pow":
+            return _pow(args[0], expr.args[1].value)
+        if op in PRINT:
+            return PRINT[op].format(*args)
         if op == "outer":
             return f"({args[0]} * {args[1]})"
         if op == "transpose":
@@ -403,56 +451,19 @@ class TileAdjoint:
     def _rules(self, node: Apply, ct: str, axes: Axes) -> None:
         op = node.op
         args = node.args
+        if op in ELEMENTWISE:
+            self._table_rule(node, ct, axes)
+            return
         v = [self.e.emit(a) for a in args]  # forward values (already emitted)
-        out = self.e.memo[node]
         arg_axes = [self.axes(a) if not isinstance(a, Ref) else self.name_axes(a) for a in args]
         if isinstance(args[0], Const):
             arg_axes[0] = (False, ())
         if len(args) > 1 and isinstance(args[1], Const):
             arg_axes[1] = (False, ())
         both = self.union(axes, *arg_axes)
-        if op == "add":
-            self.add(args[0], ct, axes)
-            self.add(args[1], ct, axes)
-        elif op == "sub":
-            self.add(args[0], ct, axes)
-            self.add(args[1], f"(-{ct})", axes)
-        elif op in ("mul", "outer", "dot", "matmul"):
+        if op in ("outer", "dot", "matmul"):
             self.add(args[0], f"({ct} * {v[1]})", both)
             self.add(args[1], f"({ct} * {v[0]})", both)
-        elif op == "div":
-            self.add(args[0], f"({ct} / {v[1]})", both)
-            self.add(args[1], f"(-{ct} * {out} / {v[1]})", both)
-        elif op in ("max", "min"):  # ties and a NaN first operand go to the first operand
-            cmp = f"({v[0]} {'>=' if op == 'max' else '<='} {v[1]})"
-            # a where, not `|`: the first operand may be a Python float (a constant)
-            pick = cmp if _is_literal(v[0]) else f"tl.where({v[0]} != {v[0]}, True, {cmp})"
-            self.add(args[0], f"tl.where({pick}, {ct}, 0.0)", both)
-            self.add(args[1], f"tl.where({pick}, 0.0, {ct})", both)
-        elif op == "neg":
-            self.add(args[0], f"(-{ct})", axes)
-        elif op == "exp":
-            self.add(args[0], f"({ct} * {out})", axes)
-        elif op == "log":
-            self.add(args[0], f"({ct} / {v[0]})", axes)
-        elif op == "sigmoid":
-            self.add(args[0], f"({ct} * {out} * (1.0 - {out}))", axes)
-        elif op == "tanh":
-            self.add(args[0], f"({ct} * (1.0 - {out} * {out}))", axes)
-        elif op == "softplus":
-            # torch's: 1 above the threshold 20, sigmoid(x) below
-            slope = f"tl.where({v[0]} > 20.0, 1.0, tl.sigmoid({v[0]}))"
-            self.add(args[0], f"({ct} * {slope})", axes)
-        elif op == "relu":  # torch.relu's gradient: 0 at 0
-            self.add(args[0], f"tl.where({v[0]} > 0.0, {ct}, 0.0)", axes)
-        elif op == "silu":
-            s = f"tl.sigmoid({v[0]})"
-            self.add(args[0], f"({ct} * {s} * (1.0 + {v[0]} * (1.0 - {s})))", axes)
-        elif op == "sqrt":
-            self.add(args[0], f"({ct} * 0.5 / {out})", axes)
-        elif op == "abs":
-            sign = f"tl.where({v[0]} > 0.0, 1.0, tl.where({v[0]} < 0.0, -1.0, 0.0))"
-            self.add(args[0], f"({ct} * {sign})", axes)
         elif op == "sum":
             self.add(
                 args[0],
@@ -463,3 +474,24 @@ class TileAdjoint:
             self.add(args[0], ct, axes)
         else:  # pragma: no cover
             raise AssertionError(op)
+
+    def _table_rule(self, node: Apply, ct: str, axes: Axes) -> None:
+        """The op table's vjp of an elementwise node, printed by the emitter.
+
+        Each contribution has the node's axes (its operands' dims nest in the
+        node's). The rule's temporaries go with the adjoint's statements and
+        are forgotten after it, so no later statement reuses one out of scope."""
+        g = self.e.fresh("_g")
+        self.lines.append(f"{g} = {ct}")
+        cotangent = Ref(node.dims, COTANGENT, "cotangent")
+        contributions = OPS[node.op].vjp(cotangent, node.args, node)
+        memo, lines = dict(self.e.memo), self.e.lines
+        self.e.lines, self.e.names[COTANGENT] = self.lines, g
+        try:
+            for arg, contribution in zip(node.args, contributions):
+                if contribution is None or not any(isinstance(n, Ref) for n in walk(arg)):
+                    continue  # constants take no cotangent
+                self.add(arg, self.e.emit(contribution), axes)
+        finally:
+            self.e.memo, self.e.lines = memo, lines
+            del self.e.names[COTANGENT]

@@ -32,6 +32,7 @@ from recc.ir.nodes import (
     embed,
     walk,
 )
+from recc.ir.ops import INTERNAL, STRUCTURAL
 
 
 class NotCanonical(Exception):
@@ -92,7 +93,10 @@ def make(op: str, *args: Expr, like: Dims | None = None) -> Expr:
 
     `like`: the dims of the spec's node this one rebuilds, if any.
     """
-    if op in ("add", "sub", "mul", "div", "max", "min"):
+    if op in INTERNAL:  # booleans of the derivative rules: never folded into numbers
+        dims = max((a.dims for a in args), key=len)
+        return Apply(like if like is not None else dims, op, args)
+    if op in SCALAR_OPS and len(args) == 2:
         a, b = args
         if isinstance(a, Const) and isinstance(b, Const):
             value = fold_scalar(op, a.value, b.value)
@@ -148,7 +152,7 @@ def make(op: str, *args: Expr, like: Dims | None = None) -> Expr:
             if not math.isnan(value):
                 return const(value)
         return Apply(x.dims, op, (x,))
-    if op in ("matmul", "outer", "dot", "sum", "transpose"):
+    if op in STRUCTURAL:
         if any(is_const(a, 0.0) for a in args):
             return const(0.0)
         if any(isinstance(a, Const) for a in args):

@@ -18,82 +18,8 @@ import sympy
 from recc.errors import RecError
 from recc.ir.evaluate import align, step
 from recc.ir.nodes import Apply, Const, Recurrence
+from recc.ir.ops import ELEMENTWISE, NUMPY_FUNCTIONS, OPS
 from recc.ir.printer import expr_to_source
-
-
-class sigmoid(sympy.Function):  # noqa: N801 - named like the spec function
-    @classmethod
-    def eval(cls, x):
-        if x.is_number:  # any constant, e.g. exp(-1), gets its closed form
-            return 1 / (1 + sympy.exp(-x))
-        return None
-
-    def _eval_is_extended_real(self):
-        return self.args[0].is_extended_real
-
-    def _eval_is_positive(self):  # 0 only at -oo, which eval folds
-        return True if self.args[0].is_real else None
-
-    def fdiff(self, argindex=1):
-        s = sigmoid(self.args[0])
-        return s * (1 - s)
-
-
-class softplus(sympy.Function):  # noqa: N801
-    @classmethod
-    def eval(cls, x):
-        if x.is_number:
-            return sympy.log(1 + sympy.exp(x))
-        return None
-
-    def _eval_is_extended_real(self):
-        return self.args[0].is_extended_real
-
-    def _eval_is_positive(self):  # 0 only at -oo, which eval folds
-        return True if self.args[0].is_real else None
-
-    def fdiff(self, argindex=1):
-        return sigmoid(self.args[0])
-
-
-def _relu(x):
-    return sympy.Max(x, 0)
-
-
-def _silu(x):
-    return x * sigmoid(x)
-
-
-_FUNCS = {
-    "neg": lambda x: -x,
-    "exp": sympy.exp,
-    "log": sympy.log,
-    "sigmoid": sigmoid,
-    "tanh": sympy.tanh,
-    "softplus": softplus,
-    "relu": _relu,
-    "silu": _silu,
-    "sqrt": sympy.sqrt,
-    "abs": sympy.Abs,
-}
-_BINARY = {
-    "add": lambda a, b: a + b,
-    "sub": lambda a, b: a - b,
-    "mul": lambda a, b: a * b,
-    "div": lambda a, b: a / b,
-    "max": lambda a, b: _lattice(sympy.Max, a, b),
-    "min": lambda a, b: _lattice(sympy.Min, a, b),
-}
-
-
-def _lattice(op, a, b):
-    """max/min that never raises: sympy refuses to order values it cannot prove
-    real (log of a negative constant, say); those stay an unevaluated Max/Min,
-    which the classifier treats like any other non-affine term."""
-    try:
-        return op(a, b)
-    except ValueError:
-        return op(a, b, evaluate=False)
 
 
 def _is_real_constant(value: sympy.Expr) -> bool:
@@ -179,21 +105,13 @@ class SympyOps:
 
     def _apply(self, node: Apply, args: list[Any]) -> np.ndarray:
         op = node.op
-        if op in _BINARY:
-            a = align(args[0], node.args[0].dims, node.dims)
-            b = align(args[1], node.args[1].dims, node.dims)
-            a, b = np.broadcast_arrays(a, b)
-            fn = _BINARY[op]
-            out = np.empty(a.shape, dtype=object)
-            for index in np.ndindex(a.shape):
-                out[index] = fn(a[index], b[index])
-            return out
-        if op in _FUNCS:
-            fn = _FUNCS[op]
-            x = args[0]
-            out = np.empty(x.shape, dtype=object)
-            for index in np.ndindex(x.shape):
-                out[index] = fn(x[index])
+        if op in ELEMENTWISE:
+            fn = OPS[op].sympy
+            aligned = [align(v, a.dims, node.dims) for v, a in zip(args, node.args)]
+            aligned = np.broadcast_arrays(*aligned)
+            out = np.empty(aligned[0].shape, dtype=object)
+            for index in np.ndindex(out.shape):
+                out[index] = fn(*(v[index] for v in aligned))
             return out
         if op == "matmul":
             a, b = args
@@ -288,11 +206,5 @@ def random_values(sc: Scalarised, rng: np.random.Generator) -> dict[sympy.Symbol
 def numeric_function(exprs: list[sympy.Expr], symbols: list[sympy.Symbol]):
     """A numpy function of `symbols` returning every expression's value (one call, no
     sympy evaluation per entry); sigmoid and softplus map to numpy formulas."""
-    modules = [
-        {
-            "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-            "softplus": lambda x: np.logaddexp(0.0, x),
-        },
-        "numpy",
-    ]
+    modules = [NUMPY_FUNCTIONS, "numpy"]
     return sympy.lambdify(symbols, exprs, modules=modules)

@@ -32,36 +32,20 @@ from recc.ir.nodes import (
     embed,
     walk,
 )
+from recc.ir.ops import SPELLED
 
-# Spec function name -> (IR op, number of arguments).
-FUNCTIONS: dict[str, tuple[str, int]] = {
-    "exp": ("exp", 1),
-    "log": ("log", 1),
-    "sigmoid": ("sigmoid", 1),
-    "tanh": ("tanh", 1),
-    "softplus": ("softplus", 1),
-    "relu": ("relu", 1),
-    "silu": ("silu", 1),
-    "sqrt": ("sqrt", 1),
-    "abs": ("abs", 1),
-    "max": ("max", 2),
-    "min": ("min", 2),
-    "outer": ("outer", 2),
-    "dot": ("dot", 2),
-    "sum": ("sum", 1),
-    "transpose": ("transpose", 1),
-}
+# Spec function name -> (IR op, number of arguments), from the op table.
+FUNCTIONS: dict[str, tuple[str, int]] = {name: (op.name, op.arity) for name, op in SPELLED.items()}
 
 # How to write common functions the language does not have.
 _INSTEAD = {
-    "pow": "there is no power: write x * x, or exp(p * log(x)) for x > 0",
-    "square": "write x * x",
+    "square": "write x * x or pow(x, 2)",
     "matmul": "use the '@' operator: W @ h",
     "mm": "use the '@' operator: W @ h",
     "mul": "use the '*' operator",
     "log1p": "write log(1 + x)",
     "expm1": "write exp(x) - 1",
-    "rsqrt": "write 1 / sqrt(x)",
+    "rsqrt": "write 1 / sqrt(x) or pow(x, -0.5)",
     "neg": "write -x",
     "swish": "silu(x) is x * sigmoid(x)",
     "maximum": "use max(a, b)",
@@ -84,6 +68,8 @@ def show(dims: Dims) -> str:
 
 def _signature(function: str) -> str:
     arity = FUNCTIONS[function][1]
+    if SPELLED[function].literal_args:
+        return f"{function}(x, p)"
     return f"{function}({', '.join('ab'[:arity]) if arity == 2 else 'x'})"
 
 
@@ -334,7 +320,9 @@ class _Builder:
             )
         args = [self.expr(a) for a in node.args]
         span = node.span
-        if op in ("max", "min"):
+        for i in SPELLED[node.function].literal_args:
+            args[i] = self.literal(node.function, node.args[i], args[i])
+        if op in ("max", "min", "pow"):
             return self.elementwise(op, args[0], args[1], span, node.function)
         if op == "transpose":
             return self.transpose(args[0], span, "transpose()")
@@ -369,6 +357,19 @@ class _Builder:
                 return Apply((), "dot", (u, v), span=span)
             return Apply(u.dims + v.dims, "outer", (u, v), span=span)
         return Apply(args[0].dims, op, (args[0],), span=span)
+
+    def literal(self, function: str, node: ast.Node, arg: Expr) -> Const:
+        """An operand that must be a number (pow's exponent), as a constant."""
+        if isinstance(arg, Const):
+            return arg
+        if isinstance(arg, Apply) and arg.op == "neg" and isinstance(arg.args[0], Const):
+            return Const((), -arg.args[0].value, span=arg.span)
+        raise RecError(
+            f"{function}()'s exponent must be a number",
+            node.span,
+            "write a literal such as pow(x, 2) or pow(x, -0.5); for an exponent that "
+            "varies, write exp(p * log(x)) (for x > 0)",
+        )
 
     # ---- whole spec ----
     def build(self, spec: ast.RecurrenceDef, source: str, filename: str) -> Recurrence:

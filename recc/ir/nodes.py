@@ -13,22 +13,7 @@ from recc.errors import Span
 
 Dims = tuple[str, ...]
 
-# Operators, grouped by how their shapes work.
-ELEMENTWISE_BINARY = ("add", "sub", "mul", "div", "max", "min")
-ELEMENTWISE_UNARY = (
-    "neg",
-    "exp",
-    "log",
-    "sigmoid",
-    "tanh",
-    "softplus",
-    "relu",
-    "silu",
-    "sqrt",
-    "abs",
-)
-STRUCTURAL = ("matmul", "outer", "sum", "dot", "transpose")
-ALL_OPS = ELEMENTWISE_BINARY + ELEMENTWISE_UNARY + STRUCTURAL
+# The operators are in recc.ir.ops (the op table).
 
 # Roles of a name.
 INPUT, PARAM, STATE, LET = "input", "param", "state", "let"
