@@ -105,36 +105,34 @@ def minimum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(min_picks_first(a, b), a, b)
 
 
-class sigmoid(sympy.Function):  # noqa: N801 - named like the spec function
+class _PositiveOfReal(sympy.Function):
+    """A sympy function real for real arguments and positive for finite ones."""
+
+    def _eval_is_extended_real(self):
+        return self.args[0].is_extended_real
+
+    def _eval_is_positive(self):  # 0 only at -oo, which eval folds
+        return True if self.args[0].is_real else None
+
+
+class sigmoid(_PositiveOfReal):  # noqa: N801 - named like the spec function
     @classmethod
     def eval(cls, x):
         if x.is_number:  # any constant, e.g. exp(-1), gets its closed form
             return 1 / (1 + sympy.exp(-x))
         return None
 
-    def _eval_is_extended_real(self):
-        return self.args[0].is_extended_real
-
-    def _eval_is_positive(self):  # 0 only at -oo, which eval folds
-        return True if self.args[0].is_real else None
-
     def fdiff(self, argindex=1):
         s = sigmoid(self.args[0])
         return s * (1 - s)
 
 
-class softplus(sympy.Function):  # noqa: N801
+class softplus(_PositiveOfReal):  # noqa: N801
     @classmethod
     def eval(cls, x):
         if x.is_number:
             return sympy.log(1 + sympy.exp(x))
         return None
-
-    def _eval_is_extended_real(self):
-        return self.args[0].is_extended_real
-
-    def _eval_is_positive(self):  # 0 only at -oo, which eval folds
-        return True if self.args[0].is_real else None
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
