@@ -359,3 +359,29 @@ def test_ops_added_through_the_table_run_as_the_interpreter(name):
     result = check(rec, lengths=(13,), backends=("triton",))
     assert "triton" in result.checked, result.skipped
     assert result.ok, [str(f) for f in result.failures]
+
+
+# A constant first operand of max/min: its tie rule (which operand the gradient takes)
+# compares a Python float against a tile, with no NaN test (a spec constant is never NaN).
+# In a gate of a 1-d state, of a matrix state's broadcast gate, and in a MinMax bound.
+CONSTANT_FIRST = {
+    "vector": "update h = max(0.5, log_sigmoid(x)) * h + min(2, x)\n output y = max(-1, h)",
+    "matrix": (
+        "update S = max(0.5, log_sigmoid(p @ u)) * S + min(1, outer(x, u))\n output y = S @ u"
+    ),
+    "minmax": "update h = max(min(h, max(0.25, x)), min(-0.5, x))\n output h",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONSTANT_FIRST))
+def test_max_and_min_with_a_constant_first_operand(name):
+    from recc.verify import check
+
+    state = "state S[D, E] = 0.5" if name == "matrix" else "state h[D] = 0.5"
+    rec = load(
+        f"recurrence c_{name} {{\n dims D, E\n input x[D], u[E]\n param p[D, E]\n"
+        f" {state}\n {CONSTANT_FIRST[name]}\n}}"
+    )
+    result = check(rec, lengths=(13,), backends=("triton",))
+    assert "triton" in result.checked, result.skipped
+    assert result.ok, [str(f) for f in result.failures]

@@ -145,6 +145,10 @@ def _softplus(x):
 """
 
 
+# The tie rules' comparisons (their PRINT lines add the first operand's NaN test).
+_TIE_RULES = {"max_picks_first": ">=", "min_picks_first": "<="}
+
+
 def literal(value: float) -> str:
     if value == float("inf"):
         return 'float("inf")'
@@ -274,10 +278,16 @@ class TileEmitter:
             if isinstance(folded, Const):
                 return literal(folded.value)
         args = [self.emit(a) for a in expr.args]
-        for i, a in enumerate(expr.args):
-            if expr.op not in ("gt", "le") and not any(isinstance(n, Ref) for n in walk(a)):
-                args[i] = f"tl.full([], {args[i]}, DTYPE)"  # typed: the kernel's compute dtype
-        code = self._code(expr, args)
+        constant = [not any(isinstance(n, Ref) for n in walk(a)) for a in expr.args]
+        if expr.op in _TIE_RULES and constant[0]:
+            # a constant first operand is never NaN (spec constants are checked): only
+            # the comparison is left, a Python float against a tile
+            code = f"({args[0]} {_TIE_RULES[expr.op]} {args[1]})"
+        else:
+            for i, is_constant in enumerate(constant):
+                if expr.op not in ("gt", "le") and is_constant:
+                    args[i] = f"tl.full([], {args[i]}, DTYPE)"  # typed: the compute dtype
+            code = self._code(expr, args)
         name = self.fresh()
         self.lines.append(f"{name} = {code}")
         self.memo[expr] = name
