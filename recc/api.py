@@ -6,24 +6,22 @@ tensors (`recc.signature`) and runs the chosen executor.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from recc import interpreter
 from recc.analysis import Analysis, analyze
 from recc.analysis.classify import linear_states
-from recc.backends.torch import run_scan
+from recc.backends.protocol import Call, Executor, Options
+from recc.backends.registry import NAMES, REGISTRY, backend_named, first_accepting
 from recc.errors import RecError
 from recc.ir import Recurrence, load
 from recc.lowering import LoweringPlan, plan
-from recc.lowering.plan import ALL_BACKENDS, INTERPRETER, TORCH, TRITON
 from recc.report import explain
 from recc.signature import bind, initial_states
 
-BACKENDS = ("auto", *ALL_BACKENDS)
+BACKENDS = ("auto", *NAMES)
 
 
 class CompiledRecurrence:
@@ -45,46 +43,40 @@ class CompiledRecurrence:
         self.spec = spec
         self.analysis: Analysis = analyze(spec)
         self.plan: LoweringPlan = plan(spec, self.analysis)
-        if backend != "auto" and backend not in self.plan.backends:
-            raise RecError(
-                f"backend '{backend}' has no lowering for '{spec.name}' "
-                f"({self.analysis.kind} class) yet",
-                hint=f"use backend='auto' or one of: {', '.join(self.plan.backends)}",
-            )
-        if torch_compile and TORCH not in self.plan.backends:
-            raise RecError(
-                f"torch_compile=True needs the torch backend, which has no lowering for "
-                f"'{spec.name}' ({self.analysis.kind} class) yet",
-                hint="leave torch_compile off for this spec",
-            )
         self.backend = backend
-        self._compiled_scan: Any = None
+        self.options = Options(torch_compile=torch_compile)
+        self._executors: dict[str, Executor] = {}  # prepared on first use
+        if backend != "auto":
+            reason = backend_named(backend).supports(self.plan)
+            if reason is not None:
+                raise RecError(
+                    f"backend '{backend}' cannot run '{spec.name}': {reason}",
+                    hint=f"use backend='auto' or one of: {', '.join(self.accepted())}",
+                )
         if torch_compile:
-            from recc.backends.torch.compiled import CompiledScan
+            reason = backend_named("torch").supports(self.plan)
+            if reason is not None:
+                raise RecError(
+                    f"torch_compile=True needs the torch backend, which cannot run "
+                    f"'{spec.name}': {reason}",
+                    hint="leave torch_compile off for this spec",
+                )
+            self._executor("torch")  # compiled on first call; set up now
 
-            self._compiled_scan = CompiledScan(spec, self.analysis)
-        self._triton: Any = None  # the generated kernel, built on first use
-        self.triton_unsupported: str | None = None
+    def accepted(self) -> list[str]:
+        """The backends that run this spec (on some device)."""
+        return [b.name for b in REGISTRY if b.supports(self.plan) is None]
 
     def backend_for(self, device: torch.device) -> str:
-        """The executor a call on `device` runs on."""
+        """The executor a call on `device`'s tensors runs on."""
         if self.backend != "auto":
             return self.backend
-        if TRITON in self.plan.backends and device.type == "cuda" and self.triton_kernel():
-            return TRITON
-        return next(b for b in self.plan.backends if b != TRITON)
+        return first_accepting(self.plan, device).name
 
-    def triton_kernel(self) -> Any:
-        """The generated Triton scan kernel, or None (see `triton_unsupported`)."""
-        if self._triton is None and self.triton_unsupported is None:
-            from recc.backends.triton.launch import ScanKernel
-            from recc.backends.triton.scan_codegen import Unsupported
-
-            try:
-                self._triton = ScanKernel(self.spec, self.analysis)
-            except Unsupported as err:
-                self.triton_unsupported = str(err)
-        return self._triton
+    def _executor(self, name: str) -> Executor:
+        if name not in self._executors:
+            self._executors[name] = backend_named(name).prepare(self.plan, self.options)
+        return self._executors[name]
 
     def __call__(
         self,
@@ -105,16 +97,16 @@ class CompiledRecurrence:
                 )
         finite = linear_states(self.analysis.form)
         bound = bind(self.spec, tensors, initial_state, check_nan, finite_states=finite)
-        backend = self.backend_for(bound.device)
-        if backend == TRITON:
-            outputs, finals = self._run_triton(bound, tensors, initial_state)
-        elif backend == TORCH and self._compiled_scan is not None:
-            outputs, finals = self._compiled_scan(bound)
-        elif backend == TORCH:
-            outputs, finals = run_scan(self.spec, self.analysis, bound)
-        else:
-            assert backend == INTERPRETER
-            outputs, finals = interpreter.run(self.spec, bound)
+        name = self.backend_for(bound.device)
+        reason = backend_named(name).supports(self.plan, bound.device)
+        if reason is not None:  # only a backend named by the user declines here
+            others = [b for b in self.accepted() if b != name]
+            raise RecError(
+                f"backend '{name}' cannot run these tensors: {reason}",
+                hint=f"move the tensors, or use backend='auto' or one of: {', '.join(others)}",
+            )
+        call = Call(bound, tensors, initial_states(self.spec, initial_state))
+        outputs, finals = self._executor(name)(call)
         out = tuple(outputs[o.name] for o in self.spec.outputs)
         result: Any = out[0] if len(out) == 1 else out
         if not output_final_state:
@@ -122,35 +114,11 @@ class CompiledRecurrence:
         states = tuple(finals[s.name] for s in self.spec.states)
         return result, (states[0] if len(states) == 1 else states)
 
-    def _run_triton(self, bound, tensors, initial_state):
-        if not _triton_can_run(bound.device):
-            raise RecError(
-                f"backend 'triton' needs CUDA tensors; these are on {bound.device}",
-                hint="move the tensors to a GPU, use backend='torch', or set "
-                "TRITON_INTERPRET=1 (before importing triton) for Triton's CPU interpreter",
-            )
-        kernel = self.triton_kernel()
-        if kernel is None:
-            raise RecError(
-                f"'{self.spec.name}' has no Triton kernel: {self.triton_unsupported}",
-                hint="use backend='torch' (or 'auto', which falls back to it)",
-            )
-        from recc.backends.triton.function import triton_scan
-
-        return triton_scan(
-            self.spec, self.analysis, kernel, tensors, initial_states(self.spec, initial_state)
-        )
-
     def explain(self) -> str:
-        return explain(self.spec, self.analysis, self.plan)
+        return explain(self.plan)
 
     def __repr__(self) -> str:
         return f"<recc {self.spec.name}: {self.analysis.kind}, backend={self.backend}>"
-
-
-def _triton_can_run(device: torch.device) -> bool:
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    return device.type == "cuda" or (interpreted and device.type == "cpu")
 
 
 def compile(  # noqa: A001
@@ -158,9 +126,10 @@ def compile(  # noqa: A001
 ) -> CompiledRecurrence:
     """Compile a `.rec` file (path) or spec text.
 
-    `backend`: "auto" (per call, the fastest executor for the spec's class and
-    the tensors' device: "triton" on CUDA for diagonal and MinMax specs,
-    "torch" elsewhere, "interpreter" for the classes without a lowering yet),
+    `backend`: "auto" (per call, the first backend of `recc.backends.registry`
+    that accepts the spec and the tensors' device: "triton" on CUDA for
+    diagonal and MinMax specs, "torch" elsewhere, "interpreter" for the classes
+    without a lowering yet; `recc explain` lists each backend's answer),
     "triton" (generated kernels; CUDA, or CPU under TRITON_INTERPRET=1),
     "torch" (the chunked scan, any device) or "interpreter" (the reference).
 

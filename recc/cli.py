@@ -20,9 +20,10 @@ from pathlib import Path
 import click
 
 from recc.analysis import analyze
+from recc.backends.registry import NAMES, REFERENCE, REGISTRY, verdicts
 from recc.errors import RecError
 from recc.ir import load
-from recc.lowering import plan
+from recc.lowering import LoweringPlan, plan
 from recc.report import explain as explain_text
 from recc.testing.regimes import LENGTHS, REGIMES
 from recc.verify import TOLERANCE, check
@@ -72,8 +73,7 @@ def explain(paths: tuple[str, ...], registers: bool) -> None:
     for path in _spec_paths(paths):
         try:
             rec = load(path)
-            analysis = analyze(rec)
-            click.echo(explain_text(rec, analysis, plan(rec, analysis), registers=registers))
+            click.echo(explain_text(plan(rec, analyze(rec)), registers=registers))
             click.echo()
         except RecError as err:
             click.echo(str(err), err=True)
@@ -99,21 +99,10 @@ def build(path: str, out_dir: str) -> None:
     """Generate the spec's module: Triton kernels, autograd Function and wrapper."""
     try:
         rec = load(path)
-        analysis = analyze(rec)
-        lowering = plan(rec, analysis)
-        from recc.backends.triton.build import build_module
-        from recc.backends.triton.scan_codegen import Unsupported
-
-        try:
-            source = build_module(rec, analysis)
-        except Unsupported as err:
-            raise RecError(
-                f"'{rec.name}' ({analysis.kind}) has no generated module yet: {err}",
-                hint="it still runs through recc.compile() "
-                f"on: {', '.join(b for b in lowering.backends if b != 'triton')}",
-            ) from None
+        lowering = plan(rec, analyze(rec))
+        source = _module_source(lowering)
         target = _write_module(Path(out_dir), rec.name, source)
-        click.echo(explain_text(rec, analysis, lowering))
+        click.echo(explain_text(lowering))
         click.echo(
             f"\nwrote {target} ({len(source.splitlines())} lines): Triton forward and "
             f"backward kernels, autograd Function, and `{rec.name}(...)`"
@@ -124,6 +113,24 @@ def build(path: str, out_dir: str) -> None:
     except Exception as err:  # noqa: BLE001
         _fail_internal(err)
         sys.exit(3)
+
+
+def _module_source(lowering: LoweringPlan) -> str:
+    """The module of the first backend that builds one for this plan."""
+    reasons = []
+    for backend in REGISTRY:
+        if not backend.builds:
+            continue
+        reason = backend.supports(lowering)
+        if reason is None:
+            return backend.build(lowering)
+        reasons.append(f"{backend.name}: {reason}")
+    runs_on = [b.name for b, reason in verdicts(lowering) if reason is None]
+    raise RecError(
+        f"'{lowering.spec.name}' ({lowering.kind}) has no generated module yet "
+        f"({'; '.join(reasons)})",
+        hint=f"it still runs through recc.compile() on: {', '.join(runs_on)}",
+    )
 
 
 def _write_module(folder: Path, name: str, source: str) -> Path:
@@ -164,7 +171,7 @@ def _write_module(folder: Path, name: str, source: str) -> Path:
     "--backend",
     "backends",
     multiple=True,
-    type=click.Choice(["torch", "triton"]),
+    type=click.Choice([n for n in NAMES if n != REFERENCE.name]),
     help="Check only this backend (repeat for several); default: every one that runs here.",
 )
 def check_command(
@@ -195,7 +202,7 @@ def check_command(
         if not result.ok:
             status = max(status, 1)
         if with_explain:
-            click.echo(explain_text(result.rec, a, result.plan) + "\n")
+            click.echo(explain_text(result.plan) + "\n")
         ran = ", ".join(result.checked)
         not_run = "".join(f"; {b} not run" for b in result.skipped)
         rows.append(

@@ -1,11 +1,13 @@
 """Human-readable reports: what `recc explain` prints.
 
-Stage: top level (reads analysis and lowering results; computes nothing new).
+Stage: top level (reads analysis and lowering results and each backend's
+answer to the plan; computes nothing new).
 """
 
 from __future__ import annotations
 
 from recc.analysis.forms import Analysis, DiagonalForm, DplrForm, MinMaxForm
+from recc.backends.registry import REGISTRY, verdicts
 from recc.ir.build import show
 from recc.ir.nodes import Expr, Recurrence
 from recc.ir.printer import expr_to_source
@@ -57,32 +59,20 @@ def canonical_form_lines(rec: Recurrence, analysis: Analysis) -> list[str]:
     return lines
 
 
-def kernel_lines(rec: Recurrence, analysis: Analysis, arch: int = 90) -> list[str]:
-    """Registers and spills of the generated Triton kernels, compiled ahead of time."""
-    try:
-        from recc.backends.triton.aot import compile_reports
-        from recc.backends.triton.launch import ScanKernel, compile_jobs
-        from recc.backends.triton.scan_codegen import Unsupported
-    except ImportError as err:  # pragma: no cover - triton is a dependency
-        return [f"Triton kernels: unavailable ({err})"]
-    try:
-        kernel = ScanKernel(rec, analysis)
-    except Unsupported as err:
-        return [f"Triton kernels: none ({err})"]
-    reports = compile_reports(compile_jobs(kernel, arch))
-    names = ("forward", "forward + checkpoints", "backward")
-    lines = [f"Triton kernels, sm_{arch}, default tiles (compiled ahead of time):"]
-    for name, r in zip(names, reports):
-        lines.append(
-            f"  {name:22} {r.registers:3d} registers/thread, spills "
-            f"{r.spill_store_bytes}+{r.spill_load_bytes} B, shared {r.shared_mem_bytes} B"
-        )
+def backend_lines(plan: LoweringPlan, registers: bool = False) -> list[str]:
+    """Each backend of the registry: accepted (and what it runs) or its reason."""
+    width = max(len(b.name) for b in REGISTRY)
+    lines = ["backends (auto: the first that accepts the call's tensors):"]
+    for backend, reason in verdicts(plan):
+        verdict = f"yes: {backend.summary}" if reason is None else f"no: {reason}"
+        lines.append(f"  {backend.name:{width}}  {verdict}")
+        if registers and reason is None:
+            lines += [f"    {line}" for line in backend.details(plan)]
     return lines
 
 
-def explain(
-    rec: Recurrence, analysis: Analysis, lowering: LoweringPlan, registers: bool = False
-) -> str:
+def explain(plan: LoweringPlan, registers: bool = False) -> str:
+    rec, analysis = plan.spec, plan.analysis
     out = [f"recurrence {rec.name}  ({rec.filename})"]
     states = ", ".join(f"{s.name}{show(s.dims) if s.dims else ' (scalar)'}" for s in rec.states)
     out.append(f"  states: {states}")
@@ -100,9 +90,7 @@ def explain(
     out.append(f"  Jacobian d(new state)/d(state): {analysis.jacobian.describe()}, {affine}")
     out.append("  why:")
     out += [f"    - {reason}" for reason in analysis.reasons]
-    out.append(f"  lowering: {lowering.description}")
-    out.append(f"    because: {lowering.why}")
-    out.append(f"    status: {lowering.status}")
-    if registers and "triton" in lowering.backends:
-        out += [f"  {line}" for line in kernel_lines(rec, analysis)]
+    out.append(f"  lowering: {plan.description}")
+    out.append(f"    because: {plan.why}")
+    out += [f"  {line}" for line in backend_lines(plan, registers)]
     return "\n".join(out)

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import torch
 
 from recc.analysis import Analysis, analyze
+from recc.backends.registry import REFERENCE, REGISTRY
 from recc.form_step import form_step
 from recc.interpreter import TorchOps
 from recc.ir.evaluate import step
 from recc.ir.nodes import Recurrence
 from recc.lowering import LoweringPlan, plan
-from recc.lowering.plan import INTERPRETER, TRITON
 from recc.signature import bind
 from recc.testing.agree import (
     TOLERANCE as TOLERANCES,
@@ -38,10 +38,10 @@ from recc.testing.agree import (
 from recc.testing.agree import (
     Disagreement,
     compare,
+    device_for,
     disagreements,
     finite_call,
     interpreter_results,
-    triton_runs_here,
 )
 from recc.testing.regimes import LENGTHS, NORMAL, POSITIVE, Regime, regimes_for
 
@@ -66,7 +66,7 @@ class CheckResult:
     plan: LoweringPlan
     checked: tuple[str, ...]  # "form" and the backends that ran
     failures: tuple[Failure, ...]
-    skipped: dict[str, str]  # backend -> why it was not run here
+    skipped: dict[str, str]  # backend -> why it was not run (`supports`'s reason)
     regimes: tuple[str, ...]
     seconds: float
 
@@ -87,23 +87,24 @@ def check(
     lengths: tuple[int, ...] = LENGTHS,
     backends: tuple[str, ...] | None = None,
 ) -> CheckResult:
-    """`backends`: the backends to run (default: every one the plan lists); the
-    canonical form is always checked."""
+    """`backends`: the backends to run (default: every one of the registry that
+    runs this plan, on the CPU or a GPU here); the canonical form is always checked."""
     start = time.perf_counter()
     analysis = analyze(rec)
     lowering = plan(rec, analysis)
     regimes = regimes or regimes_for(analysis.kind)
     wanted = backends
-    backends_run: list[str] = []
+    devices: dict[str, torch.device] = {}  # backend -> where it runs here
     skipped: dict[str, str] = {}
-    for backend in lowering.backends:
-        if backend == INTERPRETER or (wanted is not None and backend not in wanted):
+    for backend in REGISTRY:
+        if backend is REFERENCE or (wanted is not None and backend.name not in wanted):
             continue
-        reason = _cannot_run(rec, analysis, backend)
-        if reason:
-            skipped[backend] = reason
+        device, reason = device_for(backend.name, lowering)
+        if device is None:
+            skipped[backend.name] = str(reason)
         else:
-            backends_run.append(backend)
+            devices[backend.name] = device
+    backends_run = list(devices)
     failures: list[Failure] = []
     failed: set[str] = set()  # one failure per executor is enough
     for regime in regimes:
@@ -120,7 +121,15 @@ def check(
             reference = interpreter_results(rec, analysis, tensors, init, seed)
             for backend in todo:
                 found = disagreements(
-                    rec, analysis, backend, tensors, init, seed, reference, regime.overflows
+                    rec,
+                    analysis,
+                    backend,
+                    tensors,
+                    init,
+                    seed,
+                    reference,
+                    regime.overflows,
+                    devices[backend],
                 )
                 if found:
                     failures.append(Failure(regime.name, T, backend, found[0]))
@@ -135,21 +144,6 @@ def check(
         tuple(r.name for r in regimes),
         time.perf_counter() - start,
     )
-
-
-def _cannot_run(rec: Recurrence, analysis: Analysis, backend: str) -> str | None:
-    if backend != TRITON:
-        return None
-    if not triton_runs_here():
-        return "no GPU here (set TRITON_INTERPRET=1 to run Triton's CPU interpreter)"
-    from recc.backends.triton.launch import ScanKernel
-    from recc.backends.triton.scan_codegen import Unsupported
-
-    try:
-        ScanKernel(rec, analysis)
-    except Unsupported as err:
-        return f"no kernel: {err}"
-    return None
 
 
 def _form_disagreements(

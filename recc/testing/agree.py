@@ -31,13 +31,15 @@ evaluation is more right than another:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
 from recc.analysis.forms import Analysis
+from recc.backends.protocol import Call, Options
+from recc.backends.registry import backend_named
 from recc.ir.nodes import Const, Expr, Recurrence
+from recc.lowering import plan
 from recc.signature import bind
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -114,11 +116,24 @@ def compare(
     return None
 
 
-def run(rec: Recurrence, analysis: Analysis, backend: str, tensors, init):
+def run(rec: Recurrence, analysis: Analysis, backend: str, tensors, init, device=None):
     """(outputs, finals) of one executor on the given tensors (which it may differentiate).
 
-    `backend="auto"` goes through the public entry point (`recc.compile(...)`'s
-    callable: the binder, the dispatch and whichever executor it picks)."""
+    `backend`: a name of `recc.backends.registry`, or "auto" for the public entry
+    point (`recc.compile(...)`'s callable: the binder, the dispatch and whichever
+    executor it picks). `device`: run there (the tensors are moved, differentiably,
+    and the results brought back)."""
+    if device is not None:
+        home = {k: v.device for k, v in {**tensors, **init}.items()}
+        moved = run(
+            rec,
+            analysis,
+            backend,
+            {k: v.to(device) for k, v in tensors.items()},
+            {k: v.to(device) for k, v in init.items()},
+        )
+        back = next(iter(home.values()), torch.device("cpu"))
+        return tuple({k: v.to(back) for k, v in d.items()} for d in moved)
     if backend == "auto":
         from recc.api import CompiledRecurrence
 
@@ -132,26 +147,24 @@ def run(rec: Recurrence, analysis: Analysis, backend: str, tensors, init):
             {o.name: v for o, v in zip(rec.outputs, values)},
             {s.name: v for s, v in zip(rec.states, states)},
         )
-    if backend == "triton":
-        from recc.backends.triton.function import triton_scan
-        from recc.backends.triton.launch import ScanKernel
-
-        return triton_scan(rec, analysis, ScanKernel(rec, analysis), tensors, init)
+    lowering = plan(rec, analysis)
+    chosen = backend_named(backend)
+    reason = chosen.supports(lowering)
+    if reason is not None:
+        raise ValueError(f"backend {backend!r} declines {rec.name!r}: {reason}")
     bound = bind(rec, tensors, init, check_nan=False)
-    if backend == "torch":
-        from recc.backends.torch import run_scan
-
-        return run_scan(rec, analysis, bound)
-    assert backend == "interpreter", backend
-    from recc.interpreter import run as interpret
-
-    return interpret(rec, bound)
+    return chosen.prepare(lowering, Options())(Call(bound, tensors, init))
 
 
-def _results(rec, analysis, backend, tensors, init, seed):
+def _results(rec, analysis, backend, tensors, init, seed, device=None):
     leaves = {k: v.clone().requires_grad_(True) for k, v in {**tensors, **init}.items()}
     outputs, finals = run(
-        rec, analysis, backend, {k: leaves[k] for k in tensors}, {k: leaves[k] for k in init}
+        rec,
+        analysis,
+        backend,
+        {k: leaves[k] for k in tensors},
+        {k: leaves[k] for k in init},
+        device,
     )
     named = [(f"output {k}", v) for k, v in outputs.items()]
     named += [(f"final state {k}", v) for k, v in finals.items()]
@@ -180,6 +193,7 @@ def disagreements(
     seed: int = 0,
     reference=None,
     until_overflow: bool = False,
+    device=None,
 ) -> list[Disagreement]:
     """How `backend` differs from the interpreter on one call (empty: it agrees).
 
@@ -190,10 +204,11 @@ def disagreements(
     overflowed; past that point no order of evaluation is more right than
     another (a scan and the loop reach inf at different steps, and inf - inf is
     NaN). Any call of finite values into a spec that writes no `inf` is treated
-    so once the interpreter's results hold an inf."""
+    so once the interpreter's results hold an inf. `device`: where `backend` runs
+    (default: where the tensors are)."""
     if reference is None:
         reference = interpreter_results(rec, analysis, tensors, init, seed)
-    candidate = _results(rec, analysis, backend, tensors, init, seed)
+    candidate = _results(rec, analysis, backend, tensors, init, seed, device)
     dtype = next(iter(tensors.values())).dtype
     tolerance = TOLERANCE.get(dtype, 1e-2)
     results = [v for what, v in reference if not what.startswith("gradient")]
@@ -254,8 +269,17 @@ def interpreter_results(rec, analysis, tensors, init, seed: int = 0):
     return _results(rec, analysis, "interpreter", tensors, init, seed)
 
 
-def triton_runs_here() -> bool:
-    """Triton kernels run here: a GPU, or its CPU interpreter (TRITON_INTERPRET=1)."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        return True
-    return torch.cuda.is_available()
+def device_for(backend: str, lowering) -> tuple[torch.device | None, str | None]:
+    """Where `backend` runs `lowering` for a check here: the CPU if it takes CPU
+    tensors, else a GPU if there is one it takes; else (None, the reason)."""
+    chosen = backend_named(backend)
+    reason = chosen.supports(lowering)
+    if reason is not None:  # not on any device
+        return None, reason
+    cpu = torch.device("cpu")
+    reason = chosen.supports(lowering, cpu)
+    if reason is None:
+        return cpu, None
+    if torch.cuda.is_available() and chosen.supports(lowering, torch.device("cuda")) is None:
+        return torch.device("cuda"), None
+    return None, reason

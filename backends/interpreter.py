@@ -1,0 +1,42 @@
+"""The interpreter as a backend: the reference loop, one step after another.
+
+Stage: backend. Runs every plan on any device (`recc.interpreter` defines the
+semantics every other backend is checked against); the fallback of
+`backend="auto"` for the algorithms no faster backend runs yet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recc import interpreter
+from recc.backends.protocol import Call, Options
+from recc.lowering import LoweringPlan
+
+
+class InterpreterBackend:
+    name = "interpreter"
+    summary = "the reference loop, one step after another, any device"
+    builds = False
+
+    def supports(
+        self, plan: LoweringPlan, device: torch.device | None = None, auto: bool = False
+    ) -> str | None:
+        return None
+
+    def prepare(self, plan: LoweringPlan, options: Options):
+        spec = plan.spec
+
+        def run(call: Call):
+            return interpreter.run(spec, call.bound)
+
+        return run
+
+    def build(self, plan: LoweringPlan) -> str:
+        raise NotImplementedError("the interpreter writes no module")
+
+    def details(self, plan: LoweringPlan) -> list[str]:
+        return []
+
+
+INTERPRETER = InterpreterBackend()

@@ -1,0 +1,48 @@
+"""The torch backend's adapter to the registry (`recc.backends.protocol`).
+
+Stage: backend (torch). Runs the chunked scan (`scan.py`) on any device,
+eagerly or under torch.compile (`compiled.py`, imported only when asked for).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recc.backends.protocol import Call, Options
+from recc.backends.torch.scan import run_scan, supports
+from recc.lowering import LoweringPlan
+
+
+class TorchBackend:
+    name = "torch"
+    summary = "the chunked scan in torch, any device (torch_compile=True fuses it)"
+    builds = False
+
+    def supports(
+        self, plan: LoweringPlan, device: torch.device | None = None, auto: bool = False
+    ) -> str | None:
+        if not supports(plan.analysis):
+            return f"no torch lowering of the {plan.algorithm} algorithm yet ({plan.kind} class)"
+        return None
+
+    def prepare(self, plan: LoweringPlan, options: Options):
+        spec, analysis = plan.spec, plan.analysis
+        if options.torch_compile:
+            from recc.backends.torch.compiled import CompiledScan
+
+            compiled = CompiledScan(spec, analysis)
+            return lambda call: compiled(call.bound)
+
+        def run(call: Call):
+            return run_scan(spec, analysis, call.bound)
+
+        return run
+
+    def build(self, plan: LoweringPlan) -> str:
+        raise NotImplementedError("the torch backend writes no module")
+
+    def details(self, plan: LoweringPlan) -> list[str]:
+        return []
+
+
+TORCH = TorchBackend()
