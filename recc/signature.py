@@ -31,7 +31,7 @@ class Bound:
     H: int | None
     sizes: dict[str, int]
     inputs: dict[str, torch.Tensor]  # [B, T, (H), *dims], compute dtype
-    params: dict[str, torch.Tensor]  # [(H), *dims], compute dtype
+    params: dict[str, torch.Tensor]  # [(H), *dims], compute dtype; and dims read as values
     initial_state: dict[str, torch.Tensor]  # [B, (H), *dims], compute dtype
     compute_dtype: torch.dtype
     out_dtype: torch.dtype
@@ -268,7 +268,14 @@ def bind(
         H=H,
         sizes=sizes,
         inputs={k: v.to(compute) for k, v in bound_inputs.items()},
-        params={k: v.to(compute) for k, v in bound_params.items()},
+        params={
+            **{k: v.to(compute) for k, v in bound_params.items()},
+            # a dim read as a value (`q / sqrt(K)`): its size, a scalar
+            **{
+                d: torch.tensor(float(sizes[d]), dtype=compute, device=device)
+                for d in rec.dim_values
+            },
+        },
         initial_state=init,
         compute_dtype=compute,
         out_dtype=out_dtype,

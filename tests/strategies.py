@@ -268,6 +268,8 @@ def _leaves(draw, spec: _Spec, dim: str, n_vec=(1, 3), scalars=True, matvec=Fals
         leaves.append(spec.input(f"[{dim}]") if draw(st.booleans()) else spec.param(f"[{dim}]"))
     if scalars and draw(st.booleans()):
         leaves.append(spec.input() if draw(st.booleans()) else spec.param())
+    if scalars and draw(st.integers(0, 3)) == 0:  # the dim read as a value: its size
+        leaves.append(draw(st.sampled_from([f"(1 / sqrt({dim}))", f"(0.5 * {dim})"])))
     if matvec and draw(st.booleans()):
         if "E" not in spec.dims:
             spec.dims.append("E")
@@ -762,6 +764,8 @@ def step_env(draw, rec: Recurrence, max_B: int = 3, scale: float = 1.5) -> dict[
         env[i.name] = _uniform(gen, (B, *(sizes[d] for d in i.dims)), scale)
     for p in rec.params:
         env[p.name] = _uniform(gen, tuple(sizes[d] for d in p.dims), scale)
+    for d in rec.dim_values:  # as `recc.signature.bind` binds them: the size
+        env[d] = torch.tensor(float(sizes[d]), dtype=torch.float64)
     for s in rec.states:
         env[s.name] = _uniform(gen, (B, *(sizes[d] for d in s.dims)), scale)
     return env

@@ -203,7 +203,7 @@ def plan_scan_kernel(rec: Recurrence, analysis: Analysis) -> ScanKernelPlan:
     blocked = next((d for d in layout.dims if d not in contracted), None)
     used = {n.name for e in exprs + updates for n in walk(e) if isinstance(n, Ref)}
     inputs = tuple((i.name, i.dims) for i in rec.inputs if i.name in used)
-    params = tuple((p.name, p.dims) for p in rec.params if p.name in used)
+    params = tuple((p.name, p.dims) for p in rec.value_params() if p.name in used)
     states = tuple((s.name, s.dims) for s in rec.states)
     outs = tuple((o.name, o.expr.dims) for o in rec.outputs)
 

@@ -97,7 +97,7 @@ class _ConstantOps:
 def check_constants(rec: Recurrence) -> None:
     """Raise a located RecError for a constant no backend can compute as written."""
     ops = _ConstantOps(rec)
-    env: dict[str, Any] = {d.name: None for d in (*rec.inputs, *rec.params, *rec.states)}
+    env: dict[str, Any] = {d.name: None for d in (*rec.inputs, *rec.value_params(), *rec.states)}
     for let in rec.lets:
         env[let.name] = evaluate(let.expr, env, ops)
     for definition in (*rec.updates, *rec.outputs):

@@ -174,7 +174,7 @@ class _DegreeOps:
 
 def affine_in_the_states(rec: Recurrence) -> bool:
     """Every update affine in the states, operator by operator as written."""
-    env: dict[str, int] = {d.name: 0 for d in (*rec.inputs, *rec.params)}
+    env: dict[str, int] = {d.name: 0 for d in (*rec.inputs, *rec.value_params())}
     env.update({s.name: 1 for s in rec.states})
     ops = _DegreeOps()
     for let in rec.lets:

@@ -215,7 +215,7 @@ def substitute_all(rec: Recurrence, exprs: list[Expr], bindings: dict[str, Expr]
     env: dict[str, Any] = {}
     for decl in rec.inputs:
         env[decl.name] = Ref(decl.dims, decl.name, INPUT)
-    for decl in rec.params:
+    for decl in rec.value_params():
         env[decl.name] = Ref(decl.dims, decl.name, PARAM)
     for s in rec.states:
         env[s.name] = Ref(s.dims, s.name, STATE)
@@ -269,7 +269,7 @@ def abstract_updates(rec: Recurrence, ops: AbstractOps, states: dict[str, Any]) 
     env: dict[str, Any] = {}
     for decl in rec.inputs:
         env[decl.name] = ops.free(Ref(decl.dims, decl.name, INPUT))
-    for decl in rec.params:
+    for decl in rec.value_params():
         env[decl.name] = ops.free(Ref(decl.dims, decl.name, PARAM))
     for s in rec.states:
         env[s.name] = states.get(s.name, ops.free(Ref(s.dims, s.name, STATE)))

@@ -163,7 +163,7 @@ class Scalarised:
 def scalarise(rec: Recurrence, sizes: dict[str, int]) -> Scalarised:
     env: dict[str, Any] = {}
     values = {}
-    for decl in (*rec.inputs, *rec.params):
+    for decl in (*rec.inputs, *rec.value_params()):
         values[decl.name] = _symbols(decl.name, tuple(sizes[d] for d in decl.dims))
     old = {s.name: _symbols(s.name, tuple(sizes[d] for d in s.dims)) for s in rec.states}
     env.update(values)

@@ -118,6 +118,7 @@ class _Builder:
         self.current_let: str | None = None
         self.output_names: dict[str, Span | None] = {}
         self.first_state = "h"
+        self.dim_values: set[str] = set()  # dims read as values
 
     # ---- declarations ----
     def declare(self, name: str, role: str, dims: Dims, span: Span | None) -> None:
@@ -194,13 +195,9 @@ class _Builder:
                 span,
                 f"lets are read in order: move `let {name} = ...` above this line",
             )
-        if name in self.dims:
-            raise RecError(
-                f"'{name}' is a dim, not a value",
-                span,
-                "dims are sizes, not tensors; use a tensor here, or if you need the number, "
-                "pass it as a scalar `param`",
-            )
+        if name in self.dims:  # its size, a scalar (bound at every call)
+            self.dim_values.add(name)
+            return Ref((), name, PARAM, span=span)
         if name in FUNCTIONS:
             raise RecError(
                 f"'{name}' is a function, not a value",
@@ -492,6 +489,7 @@ class _Builder:
             lets=tuple(lets),
             updates=tuple(update_defs[s.name] for s in states),
             outputs=tuple(output_defs),
+            dim_values=tuple(d for d in self.dims if d in self.dim_values),
             source=source,
             filename=filename,
         )
@@ -618,7 +616,7 @@ class _DepthOps:
 
 
 def _check_nesting(rec: Recurrence) -> None:
-    env: dict[str, int] = {d.name: 0 for d in (*rec.inputs, *rec.params, *rec.states)}
+    env: dict[str, int] = {d.name: 0 for d in (*rec.inputs, *rec.value_params(), *rec.states)}
     ops = _DepthOps()
     for definition in (*rec.lets, *rec.updates, *rec.outputs):
         depth = evaluate(definition.expr, env, ops)

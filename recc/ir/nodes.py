@@ -32,7 +32,9 @@ class Const(Expr):
 
 @dataclass(frozen=True)
 class Ref(Expr):
-    """A name: an input, param, state or let. In an output, a state is its new value."""
+    """A name: an input, param, state or let. In an output, a state is its new value.
+    A dim read as a value (`q / sqrt(K)`) is a scalar param named after the dim,
+    whose value every call binds to the dim's size (`Recurrence.dim_values`)."""
 
     name: str
     role: str
@@ -78,8 +80,14 @@ class Recurrence:
     lets: tuple[Definition, ...]
     updates: tuple[Definition, ...]  # one per state, in the order of `states`
     outputs: tuple[Definition, ...]
+    dim_values: tuple[str, ...] = ()  # dims read as values, in `dims` order
     source: str = field(default="", compare=False, repr=False)
     filename: str = field(default="<spec>", compare=False, repr=False)
+
+    def value_params(self) -> tuple[TensorDecl, ...]:
+        """Every param a step reads: the declared ones, then one scalar per dim read
+        as a value (bound to the dim's size by `recc.signature.bind`)."""
+        return (*self.params, *(TensorDecl(d, ()) for d in self.dim_values))
 
     def state(self, name: str) -> StateDecl:
         return next(s for s in self.states if s.name == name)
