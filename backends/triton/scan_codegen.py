@@ -469,26 +469,46 @@ class _Writer:
         return self.v("value", name, preferred=name)
 
     # -- addressing --
+    def base(self, arg: TensorArg) -> str:
+        """The variable holding `arg`'s pointer at this program's batch, head and
+        channel block (the launch axes fixed for the whole program; see `setup`)."""
+        stem = arg.pointer.removesuffix("_ptr")
+        return self.v("base", *arg.key, preferred=f"{stem}_base")
+
     def offset(self, arg: TensorArg, time: bool = True) -> str:
+        """The offset from `arg`'s base pointer: the time block (i_k), the step (t) and
+        the tensor's own dims."""
         parts = []
-        index = {"c": "i_c", "b": "i_b", "h": "i_h", "k": "i_k"}
         n = len(arg.axes)
         for axis, stride in zip(arg.axes, arg.strides[:n]):  # launch axes
-            if axis == "t":
-                if time:
-                    parts.append(f"{self.layout.time_index()} * {stride}")
-            else:
-                parts.append(f"{index[axis]} * {stride}")
+            if axis == "t" and time:
+                parts.append(f"{self.layout.time_index()} * {stride}")
+            elif axis == "k":
+                parts.append(f"i_k * {stride}")
         for dim, stride in zip(arg.dims, arg.strides[n:]):  # the tensor's own dims
             parts.append(f"{self.layout.index(dim)} * {stride}")
         return " + ".join(parts) if parts else "0"
+
+    def base_pointers(self) -> list[str]:
+        """Each tensor's pointer at this program's batch, head and channel block."""
+        index = {"c": "i_c", "b": "i_b", "h": "i_h"}
+        lines = ["# base pointers: this program's batch, head and channel block"]
+        for arg in self.args.values():
+            n = len(arg.axes)
+            parts = [
+                f"{index[axis]} * {stride}"
+                for axis, stride in zip(arg.axes, arg.strides[:n])
+                if axis in index
+            ]
+            lines.append(f"{self.base(arg)} = {' + '.join([arg.pointer, *parts])}")
+        return lines
 
     def mask(self, dims, time: bool) -> str:
         parts = ([self.layout.mask(TIME)] if time else []) + [self.layout.mask(d) for d in dims]
         return " & ".join(parts) if parts else "None"
 
     def load(self, arg: TensorArg, time: bool) -> str:
-        pointer = f"{arg.pointer} + {self.offset(arg, time)}"
+        pointer = f"{self.base(arg)} + {self.offset(arg, time)}"
         m = self.mask(arg.dims, time and "t" in arg.axes)
         if m == "None":
             value = f"tl.load({pointer}).to(DTYPE)"
@@ -499,7 +519,7 @@ class _Writer:
         return value
 
     def store(self, arg: TensorArg, value: str, dims, time: bool) -> str:
-        pointer = f"{arg.pointer} + {self.offset(arg, time)}"
+        pointer = f"{self.base(arg)} + {self.offset(arg, time)}"
         shape = self.layout.shape(dims, time=time)
         full = f"({value} + tl.zeros({shape}, DTYPE))"
         if not dims and not time:  # a scalar slot: the [1, 1, ...] tile as a scalar
@@ -530,6 +550,7 @@ class _Writer:
             start = f"i_c * {block} + " if d == self.plan.blocked else ""
             lines.append(f"{layout.offsets(d)} = {start}tl.arange(0, {block})")
             lines.append(f"{layout.mask(d)} = {layout.index(d)} < {size}")
+        lines += self.base_pointers()
         if self.plan.params:
             lines.append("# params: loaded once")
         for n, _ in self.plan.params:

@@ -1,0 +1,94 @@
+"""Golden files of generated code: every change to what recc prints is seen in review.
+
+`tests/golden/<spec>.triton.py.expected` holds the Triton kernel module of each
+zoo spec that has one; `tests/golden/<spec>.build.py.expected` the `recc build`
+module of a few. A test fails on any difference and prints it; after reading
+the diff, accept the new text with
+
+    RECC_ACCEPT_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py
+
+(which rewrites the files; commit them with the change that caused them).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import pytest
+
+from recc.analysis import analyze
+from recc.backends.triton.build import build_module
+from recc.backends.triton.scan_codegen import Unsupported, generate_scan_module, kernel_spec
+from recc.ir import load
+
+ROOT = Path(__file__).parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+SPECS = sorted((ROOT / "specs").glob("*.rec"))
+ACCEPT = os.environ.get("RECC_ACCEPT_GOLDEN", "") not in ("", "0")
+BUILT = ("mingru", "mamba_s6", "maxplus")  # a vector state, an expanded one, MinMax
+
+
+def _load(path: Path):
+    rec = load(path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path)
+    return rec, analyze(rec)
+
+
+def _kernel_source(path: Path) -> str | None:
+    rec, analysis = _load(path)
+    try:
+        live, live_analysis, _ = kernel_spec(rec, analysis)
+        return generate_scan_module(live, live_analysis)[0]
+    except Unsupported:
+        return None
+
+
+def _check(name: str, text: str) -> None:
+    target = GOLDEN / name
+    if ACCEPT:
+        GOLDEN.mkdir(exist_ok=True)
+        target.write_text(text)
+        return
+    assert target.exists(), f"no golden file {target}; accept one with RECC_ACCEPT_GOLDEN=1"
+    expected = target.read_text()
+    if text != expected:
+        diff = difflib.unified_diff(
+            expected.splitlines(), text.splitlines(), "expected", "generated", lineterm=""
+        )
+        shown = "\n".join(list(diff)[:80])
+        pytest.fail(
+            f"generated code differs from {target.name}:\n{shown}\n"
+            "read the diff; if it is intended, accept it with RECC_ACCEPT_GOLDEN=1"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _from_the_repo_root(monkeypatch):
+    # spec file names appear in the generated text: load them by relative path
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_triton_kernels_match_their_golden_file(path: Path) -> None:
+    source = _kernel_source(path)
+    name = f"{path.stem}.triton.py.expected"
+    if source is None:
+        assert not (GOLDEN / name).exists(), f"{name} is stale: the spec has no kernel now"
+        return
+    _check(name, source)
+
+
+@pytest.mark.parametrize("stem", BUILT)
+def test_built_modules_match_their_golden_file(stem: str) -> None:
+    rec, analysis = _load(ROOT / "specs" / f"{stem}.rec")
+    _check(f"{stem}.build.py.expected", build_module(rec, analysis))
+
+
+def test_every_golden_file_belongs_to_a_test() -> None:
+    wanted = {f"{p.stem}.triton.py.expected" for p in SPECS if _kernel_source(p) is not None}
+    wanted |= {f"{stem}.build.py.expected" for stem in BUILT}
+    present = {p.name for p in GOLDEN.glob("*.expected")}
+    assert present == wanted, (
+        f"stale: {sorted(present - wanted)}; missing: {sorted(wanted - present)}"
+    )
