@@ -89,6 +89,13 @@ CASES = [
     (
         "min and plus",
         "state h[D] = 0\n update h = min(h + k, v)\n output h",
+        "minmax",
+        "diagonal",
+        1,
+    ),
+    (
+        "max, min and plus",
+        "state h[D] = 0\n update h = max(min(h + k, v), k)\n output h",
         "nonlinear",
         "diagonal",
         1,
