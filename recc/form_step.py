@@ -71,6 +71,7 @@ def form_step(rec: Recurrence, analysis: Analysis, env: dict[str, Any]) -> dict[
                 y = x if a is None else torch.minimum(x, a)
             else:
                 y = x if a is None else x + a
-            new[s.name] = torch.broadcast_to(y if b is None else torch.maximum(y, b), x.shape)
+            join = torch.minimum if form.lattice == "min" else torch.maximum
+            new[s.name] = torch.broadcast_to(y if b is None else join(y, b), x.shape)
         return new
     return step(rec, ops, env, outputs=False)[0]

@@ -51,9 +51,9 @@ def canonical_form_lines(rec: Recurrence, analysis: Analysis) -> list[str]:
                 lines.append(f"{name}' = max(min({name}, a_{name}), b_{name})")
                 lines.append(f"  a_{name} = {_src(a, 'inf')}")
             else:
-                lines.append(f"{name}' = max({name} + a_{name}, b_{name})")
+                lines.append(f"{name}' = {form.lattice}({name} + a_{name}, b_{name})")
                 lines.append(f"  a_{name} = {_src(a)}")
-            lines.append(f"  b_{name} = {_src(b, '-inf')}")
+            lines.append(f"  b_{name} = {_src(b, '-inf' if form.lattice == 'max' else 'inf')}")
     else:
         lines.append("(none: the update is used as written)")
     return lines

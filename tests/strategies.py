@@ -373,6 +373,9 @@ def _diag_matrix(draw, spec: _Spec) -> str:
             "a*(S+kv)": f"{a} * ({s} + outer({k}, {v}))",
             "a*S+c*kv": f"{a} * {s} + {c} * outer({k}, {v})",
             "kv+S*a": f"outer({c} * {k}, {v}) + {s} * {a}",
+            # exact rewrites: transposes pushed to the state cancel
+            "(S.T*a).T+kv": f"({s}.T * {a}).T + outer({k}, {v})",
+            "(a*S.T).T+kv": f"(transpose({a} * {s}.T) + outer({k}, {v})).T.T",
         }
     name = draw(st.sampled_from(sorted(templates)))
     spec.tail.append(f"update {s} = {templates[name]}")
@@ -584,7 +587,8 @@ def _minmax_operand(draw, leaves: list[str]) -> str:
 
 @st.composite
 def minmax_spec(draw) -> tuple[str, Expected]:
-    """max(min(h, a), b) in exact rewrites, or max-plus max(h + a, b)."""
+    """max(min(h, a), b) in exact rewrites, max-plus max(h + a, b) or min-plus
+    min(h + a, b)."""
     spec = draw(_new_spec("minmax"))
     spec.dims.append("D")
     # a and b from disjoint inputs, so they are never symbolically related
@@ -596,7 +600,7 @@ def minmax_spec(draw) -> tuple[str, Expected]:
         a = spec.let(a)
     a, b = _paren(a), _paren(b)
     h = spec.fresh("h")
-    semiring = draw(st.sampled_from(["max-min", "max-plus"]))
+    semiring = draw(st.sampled_from(["max-min", "max-plus", "min-plus"]))
     spec.decls.append(f"state {h}[D] = {draw(st.sampled_from(['0', '-inf', '1', 'inf']))}")
     if semiring == "max-min":
         templates = {
@@ -604,6 +608,19 @@ def minmax_spec(draw) -> tuple[str, Expected]:
             "max(b,min(a,h))": f"max({b}, min({a}, {h}))",
             "min(max(h,b),max(a,b))": f"min(max({h}, {b}), max({a}, {b}))",
             "min(max(b,h),max(b,a))": f"min(max({b}, {h}), max({b}, {a}))",
+            # exact rewrites: -max(x, y) = min(-x, -y), operands in order
+            "-max(-h,b)": f"-max(-{h}, {b})",
+            "-min(max(-h,-a),-b)": f"-min(max(-{h}, -{a}), -{b})",
+            "let": "",
+        }
+    elif semiring == "min-plus":
+        templates = {
+            "min(h+a,b)": f"min({h} + {a}, {b})",
+            "min(b,a+h)": f"min({b}, {a} + {h})",
+            "min(h-a,b)": f"min({h} - {a}, {b})",
+            "min(h,b)+a": f"min({h}, {b}) + {a}",
+            "min(h,h+a)": f"min({h}, {h} + {a})",
+            "min(h+a,h+b)": f"min({h} + {a}, {h} + {b})",
             "let": "",
         }
     else:
@@ -613,12 +630,15 @@ def minmax_spec(draw) -> tuple[str, Expected]:
             "max(h-a,b)": f"max({h} - {a}, {b})",
             "max(h,b)+a": f"max({h}, {b}) + {a}",
             "a+max(b,h)": f"{a} + max({b}, {h})",
+            "max(h+a,h+b)": f"max({h} + {a}, {h} + {b})",
             "let": "",
         }
     name = draw(st.sampled_from(sorted(templates)))
     if name == "let":
         if semiring == "max-min":
             text = f"max({spec.let(f'min({h}, {a})')}, {b})"
+        elif semiring == "min-plus":
+            text = f"min({spec.let(f'{h} + {a}')}, {b})"
         else:
             text = f"max({spec.let(f'{h} + {a}')}, {b})"
     else:

@@ -89,6 +89,13 @@ CASES = [
     (
         "min and plus",
         "state h[D] = 0\n update h = min(h + k, v)\n output h",
+        "minmax",
+        "diagonal",
+        1,
+    ),
+    (
+        "max, min and plus",
+        "state h[D] = 0\n update h = max(min(h + k, v), k)\n output h",
         "nonlinear",
         "diagonal",
         1,
@@ -358,3 +365,146 @@ def test_one_constant_spelled_twice_keeps_the_spec_s_ties():
     assert analyze(rec).kind == "minmax"
     result = check(rec, lengths=(13,))
     assert result.ok, [str(f) for f in result.failures]
+
+
+# Issue 7, item 8: updates the classifier reads exactly after exact rewrites, and
+# those it keeps nonlinear because floating point disagrees with the reals.
+COMPLETENESS = [
+    # (name, header, body, kind, semiring)
+    (
+        "transposes cancel",
+        MATRIX,
+        "state S[V, K] = 0\n update S = (S.T).T * sigmoid(b) + outer(v, k)\n output o = S @ q",
+        "diagonal",
+        "",
+    ),
+    (
+        "transpose of an elementwise update",
+        MATRIX,
+        "state S[V, K] = 0\n let T = S.T\n update S = (T * sigmoid(k) + outer(k, v)).T\n"
+        " output o = S @ q",
+        "diagonal",
+        "",
+    ),
+    (
+        "transposed delta rule",
+        MATRIX,
+        "state S[V, K] = 0\n update S = (S.T - outer(k, S @ k) * sigmoid(b) + outer(k, v)).T\n"
+        " output o = S @ q",
+        "dplr",
+        "",
+    ),
+    (
+        "max of two shifts",
+        None,
+        "state h[D] = 0\n update h = max(h + k, h + v)\n output h",
+        "minmax",
+        "max-plus",
+    ),
+    (
+        "min of h and a shift",
+        None,
+        "state h[D] = 0\n update h = min(h, h + k)\n output h",
+        "minmax",
+        "min-plus",
+    ),
+    (
+        "min-plus",
+        None,
+        "state h[D] = inf\n update h = min(h + k, v)\n output h",
+        "minmax",
+        "min-plus",
+    ),
+    (
+        "min-plus in a let",
+        None,
+        "state h[D] = 0\n let m = h - k\n update h = min(v, min(m, k)) + 1\n output y = 2 * h",
+        "minmax",
+        "min-plus",
+    ),
+    (
+        "negated max",
+        None,
+        "state h[D] = 0\n update h = -max(-h, v)\n output h",
+        "minmax",
+        "max-min",
+    ),
+    (
+        "negated max-min",
+        None,
+        "state h[D] = -inf\n update h = -min(max(-h, k), -(v))\n output h",
+        "minmax",
+        "max-min",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name,header,body,kind,semiring", COMPLETENESS, ids=[c[0] for c in COMPLETENESS]
+)
+def test_exact_class_after_exact_rewrites(name, header, body, kind, semiring):
+    rec = load(spec(body, header) if header else spec(body))
+    a = analyze(rec)
+    assert (a.kind, a.semiring) == (kind, semiring), a.reasons
+    # the canonical form reproduces the interpreter step by step, and every backend
+    # agrees (values and gradients) in every regime the class admits
+    result = check(rec, lengths=(1, 13))
+    assert result.ok, [str(f) for f in result.failures]
+
+
+def test_min_plus_form_and_explanation():
+    rec = load(spec("state h[D] = 0\n update h = min(h - k, v) + 1\n output h"))
+    a = analyze(rec)
+    assert a.semiring == "min-plus"
+    from recc.report import canonical_form_lines
+
+    lines = canonical_form_lines(rec, a)
+    assert lines[0] == "h' = min(h + a_h, b_h)", lines
+    rec = load(spec("state h[D] = 0\n update h = min(h, h + k)\n output h"))
+    a = analyze(rec)
+    assert canonical_form_lines(rec, a)[2] == "  b_h = inf"
+
+
+@pytest.mark.parametrize(
+    "update,why",
+    [
+        # (x + h) - h is not x in floating point: 0 for x = 1, h = 1e17
+        ("sigmoid(k + h - h) * h + v", "not affine in the state as written"),
+        # x + (h - h) is x for finite h, but the interpreter's gradient through it is
+        # not: at h = 1e17 autograd accumulates +c and -c into dh and gets 0, not 0.5
+        ("sigmoid(k + (h - h)) * h + v", "not affine in the state as written"),
+        # inf from h > 709.78; subnormal, then -inf, below h = -708
+        ("log(exp(h)) + v", "log(exp(s)) is not s in floating point"),
+    ],
+)
+def test_real_identities_floating_point_breaks_stay_nonlinear(update, why):
+    rec = load(spec(f"state h[D] = 0\n update h = {update}\n output h"))
+    a = analyze(rec)
+    assert a.kind == "nonlinear"
+    assert any(why in r for r in a.reasons), a.reasons
+    assert check(rec, lengths=(13,)).ok
+
+
+def test_why_the_gate_and_log_exp_are_not_rewritten():
+    # the evidence behind the two decisions above, on the interpreter's own ops
+    h = torch.tensor(1e17, dtype=torch.float64, requires_grad=True)
+    k = torch.tensor(0.0, dtype=torch.float64)
+    (torch.sigmoid(k + (h - h)) * h).backward()
+    assert h.grad.item() == 0.0  # the form sigmoid(k) * h would say 0.5
+    x = torch.tensor([800.0, -740.0], dtype=torch.float64)
+    y = torch.log(torch.exp(x))
+    assert y[0].item() == math.inf and y[1].item() != -740.0
+
+
+def test_max_of_two_shifts_takes_the_spec_s_tie_rule():
+    # max(h + a, h + b) is h + max(a, b) in value, but at h = 1e17, a = 0.5, b = 1 the
+    # sums round to one float and the spec's tie rule routes the gradient to a: as
+    # max-plus the gradients come from the spec as written, so they agree.
+    rec = load(spec("state h[D] = 0\n update h = max(h + k, h + v)\n output h"))
+    assert analyze(rec).kind == "minmax"
+    fn = recc.compile(rec.source)
+    k = torch.full((1, 1, 2), 0.5, dtype=torch.float64, requires_grad=True)
+    v = torch.full((1, 1, 2), 1.0, dtype=torch.float64, requires_grad=True)
+    h0 = torch.full((1, 2), 1e17, dtype=torch.float64)
+    fn(k=k, v=v, initial_state=h0).sum().backward()
+    assert k.grad.flatten().tolist() == [1.0, 1.0] and v.grad.abs().sum() == 0

@@ -122,10 +122,12 @@ class _Scan:
                 a = self.coef(a_expr, env, s.dims, shape)
                 b = self.coef(b_expr, env, s.dims, shape)
                 if valid is not None:
-                    # None reads as +inf (max-min) or 0 (max-plus) for a, -inf for b.
+                    # None reads as +inf (max-min) or 0 (max-plus, min-plus) for a,
+                    # -inf for b (+inf for min-plus).
                     identity_a = INF if self.form.semiring == "max-min" else 0.0
+                    identity_b = self.form.identity_b
                     a = _where(valid, a, identity_a, shape, dtype, absent=identity_a)
-                    b = _where(valid, b, -INF, shape, dtype, absent=-INF)
+                    b = _where(valid, b, identity_b, shape, dtype, absent=identity_b)
                 maps.append((a, b))
         return maps
 
@@ -147,7 +149,8 @@ class _Scan:
                 y = x if a is None else minimum(x, a)
             else:
                 y = x if a is None else x + a
-            new[s.name] = y if b is None else maximum(y, b)
+            join = minimum if self.form.lattice == "min" else maximum
+            new[s.name] = y if b is None else join(y, b)
         return new
 
     def compose(self, first, then):
@@ -172,8 +175,9 @@ class _Scan:
                 a = _opt(minimum, a1, a2)
                 b = _opt(maximum, None if b1 is None else _opt(minimum, a2, b1), b2)
             else:
+                join = minimum if self.form.lattice == "min" else maximum
                 a = _opt(torch.add, a1, a2)
-                b = _opt(maximum, None if b1 is None else _opt(torch.add, b1, a2), b2)
+                b = _opt(join, None if b1 is None else _opt(torch.add, b1, a2), b2)
             out.append((a, b))
         return out
 

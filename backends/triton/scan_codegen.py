@@ -409,8 +409,9 @@ def _minmax_combines(names: dict[str, str], semiring: str) -> list[str]:
             f"tl.maximum(tl.minimum(a2, b1, {NAN}), b2, {NAN})",
         ]
     else:
-        doc = "max(h + a1, b1), then max(h + a2, b2)"
-        results = ["a1 + a2", f"tl.maximum(b1 + a2, b2, {NAN})"]
+        join = "minimum" if semiring == "min-plus" else "maximum"
+        doc = f"{join[:3]}(h + a1, b1), then {join[:3]}(h + a2, b2)"
+        results = ["a1 + a2", f"tl.{join}(b1 + a2, b2, {NAN})"]
     fwd = _jit(names["combine"], ["a1", "b1", "a2", "b2"], doc, results)
     # The adjoint's S is a routing (0 or 1): cotangents are selected, never
     # multiplied, so a NaN the state does not flow through stays where it is.
@@ -624,7 +625,7 @@ class _Writer:
                 a_expr, b_expr = form.coefficients[group]
                 identity_a = INF if form.semiring == "max-min" else 0.0
                 a = self.full(emitter, ("a", g), f"a{g}", a_expr, s.dims, identity_a)
-                b = self.full(emitter, ("b", g), f"b{g}", b_expr, s.dims, -INF)
+                b = self.full(emitter, ("b", g), f"b{g}", b_expr, s.dims, form.identity_b)
                 coefficients[g] = {"a": a, "b": b, "dims": s.dims, "exprs": (a_expr, b_expr)}
         return coefficients
 
@@ -701,7 +702,8 @@ class _Writer:
     def apply_minmax(self, x: str, a: str, b: str) -> str:
         if self.form.semiring == "max-min":
             return f"tl.maximum(tl.minimum({x}, {a}, {NAN}), {b}, {NAN})"
-        return f"tl.maximum({x} + {a}, {b}, {NAN})"
+        join = "minimum" if self.form.semiring == "min-plus" else "maximum"
+        return f"tl.{join}({x} + {a}, {b}, {NAN})"
 
     # -- forward --
     def forward(self) -> list[str]:

@@ -31,8 +31,9 @@ from recc.analysis.forms import (
     NonlinearForm,
 )
 from recc.analysis.linear import affine_in_the_states, diagonal_coefficients, injections
-from recc.analysis.minmax import max_min_coefficients, max_plus_coefficients
-from recc.analysis.rewrite import NotCanonical
+from recc.analysis.minmax import max_min_coefficients, plus_coefficients
+from recc.analysis.normalise import normalise
+from recc.analysis.rewrite import NotCanonical, mentions, state_dependent_lets
 from recc.analysis.symbolic import (
     Scalarised,
     numeric_function,
@@ -43,7 +44,7 @@ from recc.analysis.symbolic import (
 )
 from recc.errors import RecError
 from recc.frontend.parser import too_deep
-from recc.ir.nodes import Recurrence
+from recc.ir.nodes import Apply, Recurrence, walk
 
 SIZE = 3  # every dim is instantiated at this size for the structural analysis
 MAX_BLOCK = 4  # larger channel-wise couplings are treated as dense
@@ -59,6 +60,9 @@ def analyze(rec: Recurrence) -> Analysis:
 
 def _analyze(rec: Recurrence) -> Analysis:
     check_constants(rec)
+    rewritten = normalise(rec)
+    rewrites = rewritten is not rec
+    rec = rewritten
     sc = scalarise(rec, uniform_sizes(rec, SIZE))
     entries = sparsity(sc)
     # Affine as the IR writes it: every canonical form is read off the IR, so a
@@ -67,6 +71,11 @@ def _analyze(rec: Recurrence) -> Analysis:
     structure = jacobian_structure(sc, entries, affine)
     transition = describe_transition(sc, affine)
     reasons: list[str] = []
+    if rewrites:
+        reasons.append(
+            "read after exact rewrites of the IR (transposes pushed to the state, "
+            "negation moved through max/min)"
+        )
 
     def done(kind, form, **extra) -> Analysis:
         _check_finite_start(rec, kind, form)
@@ -107,9 +116,31 @@ def _analyze(rec: Recurrence) -> Analysis:
             except NotCanonical as err:
                 reasons.append(f"no MinMax form ({err}); staying general")
     if not affine:
+        reasons += not_rewritten(rec)
         reasons.append("some update is not affine in the state as written: nonlinear")
     reasons.append(f"Jacobian structure: {structure.describe()}")
     return done(NONLINEAR, NonlinearForm())
+
+
+def not_rewritten(rec: Recurrence) -> list[str]:
+    """Why an identity of the reals that sympy applies is not used, where it occurs."""
+    found = []
+    names = {s.name for s in rec.states} | state_dependent_lets(rec, {s.name for s in rec.states})
+    for d in (*rec.lets, *rec.updates):
+        for node in walk(d.expr):
+            if (
+                isinstance(node, Apply)
+                and node.op == "log"
+                and isinstance(node.args[0], Apply)
+                and node.args[0].op == "exp"
+                and mentions(node, names)
+            ):
+                found.append(
+                    "log(exp(s)) is not s in floating point (inf for s > 709.78, "
+                    "subnormal and then -inf below s = -708): it stays as written"
+                )
+                return found
+    return found
 
 
 def linear_states(form) -> frozenset[str]:
@@ -304,15 +335,21 @@ def minmax_semiring(sc: Scalarised, reasons: list[str]) -> str | None:
             if not ok(arr[index], sc.old[name][index]):
                 reasons.append("the state passes through an operation other than max, min, +")
                 return None
-    if "min" in uses and "add" in uses:
-        reasons.append("mixes min and + of the state: neither max-min nor max-plus")
+    if "add" not in uses:
+        return "max-min"
+    if "min" in uses and "max" in uses:
+        reasons.append("mixes max, min and + of the state: none of max-min, max-plus, min-plus")
         return None
-    return "max-plus" if "add" in uses else "max-min"
+    return "min-plus" if "min" in uses else "max-plus"
 
 
 def minmax_form(rec: Recurrence, semiring: str) -> MinMaxForm:
-    read = max_plus_coefficients if semiring == "max-plus" else max_min_coefficients
-    return MinMaxForm(semiring, {s.name: read(rec, s.name) for s in rec.states})
+    if semiring == "max-min":
+        coefficients = {s.name: max_min_coefficients(rec, s.name) for s in rec.states}
+    else:
+        lattice = "min" if semiring == "min-plus" else "max"
+        coefficients = {s.name: plus_coefficients(rec, s.name, lattice) for s in rec.states}
+    return MinMaxForm(semiring, coefficients)
 
 
 # ---- the simplified transition, for `recc explain` ----------------------------

@@ -10,8 +10,9 @@ The four classes:
              (LRU's real/imaginary pair): s_i' = sum_j a_ij * s_j + b_i.
   dplr       S' = S @ (diag(d) + sum_r outer(u_r, w_r)) + b for a matrix
              state S[R, C] (rows R, columns C); rank = number of (u, w) pairs.
-  minmax     s' = max(min(s, a), b)      semiring "max-min", or
-             s' = max(s + a, b)          semiring "max-plus".
+  minmax     s' = max(min(s, a), b)      semiring "max-min",
+             s' = max(s + a, b)          semiring "max-plus", or
+             s' = min(s + a, b)          semiring "min-plus".
   nonlinear  anything else; only the Jacobian's structure is recorded.
 """
 
@@ -95,11 +96,22 @@ class DplrForm:
 
 @dataclass(frozen=True)
 class MinMaxForm:
-    """Per state: s' = max(min(s, a), b) ("max-min") or max(s + a, b) ("max-plus").
+    """Per state: s' = max(min(s, a), b) ("max-min"), max(s + a, b) ("max-plus")
+    or min(s + a, b) ("min-plus").
 
-    `coefficients[name] = (a, b)`; a None `b` is -inf, a None `a` is +inf
-    (max-min) or 0 (max-plus).
+    `coefficients[name] = (a, b)`; a None `b` is -inf (+inf for min-plus), a
+    None `a` is +inf (max-min) or 0 (max-plus, min-plus).
     """
+
+    @property
+    def lattice(self) -> str:
+        """The operator that applies `b`: "min" for min-plus, else "max"."""
+        return "min" if self.semiring == "min-plus" else "max"
+
+    @property
+    def identity_b(self) -> float:
+        """What an absent `b` is: the identity of `lattice`."""
+        return float("inf") if self.semiring == "min-plus" else float("-inf")
 
     semiring: str
     coefficients: dict[str, tuple[Expr | None, Expr | None]] = field(hash=False)

@@ -1,6 +1,6 @@
 """MinMax forms: updates built from max, min and + of the state.
 
-Stage: analysis. Two semirings:
+Stage: analysis. Three semirings:
 
   max-min:  s' = max(min(s, a), b). Any lattice polynomial f in s over a
             chain satisfies f(s) = max(min(s, f(+inf)), f(-inf)), so
@@ -8,6 +8,7 @@ Stage: analysis. Two semirings:
             over values `Clamp(top, bottom)` (never by substitution).
   max-plus: s' = max(s + a, b), read off by abstract evaluation over values
             `Shift(a, b)` = max(s + a, b).
+  min-plus: s' = min(s + a, b), the same with min (its b absent is +inf).
 
 Which one applies is decided by the classifier from sympy's expression tree.
 """
@@ -31,19 +32,24 @@ from recc.ir.nodes import Apply, Const, Expr, Recurrence
 
 @dataclass(frozen=True)
 class Shift:
-    a: Expr  # s + a inside the max
-    b: Expr | None  # None is -inf
+    a: Expr  # s + a inside the max (min)
+    b: Expr | None  # None is the lattice's identity: -inf for max, +inf for min
 
 
-def _max(x: Expr | None, y: Expr | None) -> Expr | None:
-    if x is None:
-        return y
-    if y is None:
-        return x
-    return make("max", x, y)
+class PlusOps(AbstractOps):
+    """max(s + a, b) (`lattice` "max") or min(s + a, b) ("min") of the state."""
 
+    def __init__(self, lattice: str) -> None:
+        self.lattice = lattice
+        self.semiring = f"{lattice}-plus"
 
-class MaxPlusOps(AbstractOps):
+    def join(self, x: Expr | None, y: Expr | None) -> Expr | None:
+        if x is None:
+            return y
+        if y is None:
+            return x
+        return make(self.lattice, x, y)
+
     def apply_abstract(self, node: Apply, args: list) -> Shift:
         op = node.op
         x = args[0]
@@ -54,20 +60,21 @@ class MaxPlusOps(AbstractOps):
                 return Shift(shift(x.a), None if x.b is None else shift(x.b))
             if op == "add" and self.is_free(x) and isinstance(y, Shift):
                 return Shift(make("add", x, y.a), None if y.b is None else make("add", x, y.b))
-            raise NotCanonical("max-plus allows s + c and s - c with a state-free c")
-        if op == "relu":  # relu(x) = max(x, 0)
+            raise NotCanonical(f"{self.semiring} allows s + c and s - c with a state-free c")
+        if op == "relu" and self.lattice == "max":  # relu(x) = max(x, 0)
             op, y = "max", const(0.0)
-        if op == "max":
+        if op == self.lattice:
             if isinstance(x, Shift) and isinstance(y, Shift):
-                return Shift(make("max", x.a, y.a), _max(x.b, y.b))
+                return Shift(make(op, x.a, y.a), self.join(x.b, y.b))
             shift, c = (x, y) if isinstance(x, Shift) else (y, x)
             if isinstance(shift, Shift) and self.is_free(c):
-                return Shift(shift.a, _max(shift.b, c))
-        raise NotCanonical(f"'{op}' of the state is not max-plus")
+                return Shift(shift.a, self.join(shift.b, c))
+        raise NotCanonical(f"'{op}' of the state is not {self.semiring}")
 
 
-def max_plus_coefficients(rec: Recurrence, state: str) -> tuple[Expr, Expr | None]:
-    value = abstract_updates(rec, MaxPlusOps(), {state: Shift(const(0.0), None)})[state]
+def plus_coefficients(rec: Recurrence, state: str, lattice: str) -> tuple[Expr, Expr | None]:
+    """(a, b) of s' = max(s + a, b) (lattice "max") or min(s + a, b) ("min")."""
+    value = abstract_updates(rec, PlusOps(lattice), {state: Shift(const(0.0), None)})[state]
     if not isinstance(value, Shift):
         raise NotCanonical("the update does not involve the state")
     _check_free(rec, value.a, value.b)
