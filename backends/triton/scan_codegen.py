@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from recc.analysis.classify import analyze
 from recc.analysis.forms import Analysis, DiagonalBlock, DiagonalForm, MinMaxForm
 from recc.analysis.liveness import states_read, unread_states, without_states
-from recc.analysis.rewrite import state_dependent_lets
+from recc.analysis.rewrite import mentions, readouts_at_old_states, state_dependent_lets
 from recc.backends.triton.names import Namespace, comment_text, docstring_text
 from recc.backends.triton.tile import (
     HELPERS,
@@ -102,6 +102,10 @@ class ScanKernelPlan:
     params: tuple[tuple[str, tuple[str, ...]], ...]
     states: tuple[tuple[str, tuple[str, ...]], ...]
     outputs: tuple[tuple[str, tuple[str, ...]], ...]
+    # each output's expression as the kernels compute it: the lets of the old state it
+    # reads written out, that state read as `old_state(...)` (h_{t-1})
+    readouts: tuple[Expr, ...]
+    old_read: tuple[str, ...]  # the states some readout reads one step back
     forward_args: tuple[TensorArg, ...]
     backward_args: tuple[TensorArg, ...]
     sizes: tuple[str, ...]  # the size parameter of each layout dim, in order
@@ -117,6 +121,19 @@ class ScanKernelPlan:
     def block_name(self, axis: str) -> str:
         """The constexpr block size of a layout dim, or of time (`TIME`)."""
         return self.layout.block(axis)
+
+
+# A readout's reference to a state one step back (h_{t-1}, through a let of the old
+# state): a name no spec can spell, read from the kernels' `h_old` tile.
+_OLD = "old state "
+
+
+def old_name(state: str) -> str:
+    return _OLD + state
+
+
+def old_state(s) -> Ref:
+    return Ref(s.dims, old_name(s.name), "state")
 
 
 class Unsupported(Exception):
@@ -180,13 +197,18 @@ def plan_scan_kernel(rec: Recurrence, analysis: Analysis) -> ScanKernelPlan:
     names = {s.name for s in rec.states}
     dependent = state_dependent_lets(rec, names)
     free_lets = [let.expr for let in rec.lets if let.name not in dependent]
-    outputs = [o.expr for o in rec.outputs]
-    for o in rec.outputs:
-        for node in walk(o.expr):
-            if isinstance(node, Ref) and node.name in dependent:
-                raise Unsupported(
-                    f"output '{o.name}' reads let '{node.name}', which reads the old state"
-                )
+    # an output reading a let of the old state reads h_{t-1}: the kernels keep it
+    outputs = readouts_at_old_states(rec, old_state)
+    old_read = tuple(
+        s.name for s in rec.states if any(mentions(o, {old_name(s.name)}) for o in outputs)
+    )
+    for name in old_read:
+        if not states_read(rec, rec.update_of(name)):
+            raise Unsupported(
+                f"an output reads state '{name}' one step back (through a let), and its "
+                "update reads no state, so the kernels have no adjoint scan to carry that "
+                "gradient in; the torch backend computes it"
+            )
     coefficients = [e for e in _coefficients(analysis) if e is not None]
     updates = [u.expr for u in rec.updates] + [
         let.expr for let in rec.lets if let.name in dependent
@@ -260,6 +282,8 @@ def plan_scan_kernel(rec: Recurrence, analysis: Analysis) -> ScanKernelPlan:
         params=params,
         states=states,
         outputs=outs,
+        readouts=tuple(outputs),
+        old_read=old_read,
         forward_args=forward_args,
         backward_args=backward_args,
         sizes=sizes,
@@ -732,10 +756,14 @@ class _Writer:
         for g in range(len(self.groups)):
             emitter.lines += self.group_cite(g)
             emitter.lines += self.forward_scan(g, coefficients[g])
+            for n in self.group_states(g):
+                if n in plan.old_read:  # a readout reads h_{t-1}
+                    emitter.lines += self.shift(n)
         for n, _ in plan.states:
             emitter.names[n] = self.state_var("new", n)
-        for o in rec.outputs:
-            value = emitter.emit(o.expr)
+            emitter.names[old_name(n)] = self.state_var("old", n)
+        for o, readout in zip(rec.outputs, plan.readouts):
+            value = emitter.emit(readout)
             emitter.lines.append(f"# {_cite(rec, o.span)}")
             emitter.lines.append(self.store(self.args[("out", o.name)], value, o.expr.dims, True))
         emitter.lines.append("# carry the state of the block's last real step")
@@ -787,19 +815,20 @@ class _Writer:
                 loop += self.shift(n)
         for n, _ in plan.states:
             emitter.names[n] = self.state_var("new", n)
-        outputs = [o.expr for o in rec.outputs]
-        for o in rec.outputs:
-            emitter.emit(o.expr)
+            emitter.names[old_name(n)] = self.state_var("old", n)
+        outputs = list(plan.readouts)
+        for readout in outputs:
+            emitter.emit(readout)
         loop += emitter.lines
         emitter.lines = []
         # reverse-mode AD of the readouts: cotangents of the new states (and inputs)
         adjoint = TileAdjoint(emitter, self.timed_names())
         loop.append("# output cotangents")
-        for o in rec.outputs:
+        for o, readout in zip(rec.outputs, outputs):
             arg = self.args[("dout", o.name)]
             var = self.v("dy", o.name, preferred=f"{o.name}_dy")
             loop.append(f"{var} = {self.once(self.load(arg, time=True), o.expr.dims)}")
-            adjoint.seed(o.expr, var, (True, o.expr.dims))
+            adjoint.seed(readout, var, (True, o.expr.dims))
         loop += adjoint.run(outputs, stop_at_names=True)
         for n, dims in plan.states:
             dh = adjoint.name_cotangent(n)
@@ -807,6 +836,11 @@ class _Writer:
             value = "0.0" if dh is None else dh
             full = f"{value} + tl.zeros({layout.shape(dims)}, DTYPE)"
             loop.append(f"{self.state_var('dh', n)} = tl.where({mask}, {full}, 0.0)")
+            if n in plan.old_read:  # h_{t-1}'s cotangent from the readouts at t
+                d_old = adjoint.name_cotangent(old_name(n))
+                value = "0.0" if d_old is None else d_old
+                full = f"{value} + tl.zeros({layout.shape(dims)}, DTYPE)"
+                loop.append(f"{self.state_var('dold', n)} = tl.where({mask}, {full}, 0.0)")
         # the adjoint scan and the coefficient cotangents
         roots = list(outputs)
         for g in range(len(self.groups)):
@@ -859,6 +893,10 @@ class _Writer:
             f"{old} = tl.where(is_first, {self.state_var('carry', name)}, {prev})",
         ]
 
+    def old_cotangent(self, name: str) -> list[str]:
+        """The readouts' cotangent of h_{t-1} (a term of u_t), if any readout reads it."""
+        return [self.state_var("dold", name)] if name in self.plan.old_read else []
+
     def once(self, value: str, dims) -> str:
         """A cotangent of a value without the split dim: every channel block computes that
         value alike, so only block 0 takes its cotangent (the partial sums then add up)."""
@@ -871,6 +909,7 @@ class _Writer:
         timed = {n: True for n, _ in self.plan.inputs}
         timed.update({n: False for n, _ in self.plan.params})
         timed.update({n: True for n, _ in self.plan.states})
+        timed.update({old_name(n): True for n, _ in self.plan.states})
         for let in self.rec.lets:
             refs = {x.name for x in walk(let.expr) if isinstance(x, Ref)}
             timed[let.name] = any(timed.get(r, False) for r in refs)
@@ -906,9 +945,14 @@ class _Writer:
                     padded = f"tl.where({self.layout.mask(TIME)}, 0.0, {float(i == j)!r})"
                     jt[(i, j)] = f"({padded} + tl.zeros({shape}, DTYPE))"
             eye = {s: f"tl.full({shape}, {float(s[0] == s[1])!r}, DTYPE)" for s in st.adjoint}
+            # u_t = J_t^T (dh_t + u_{t+1}) + d_old_t: a readout of h_{t-1} adds its cotangent
             jt_dh = [
                 "("
-                + _sum_or_zero([f"{jt[(i, m)]} * {dh[m]}" for m in range(k) if (i, m) in jt], dh[i])
+                + _sum_or_zero(
+                    [f"{jt[(i, m)]} * {dh[m]}" for m in range(k) if (i, m) in jt]
+                    + self.old_cotangent(states[i]),
+                    dh[i],
+                )
                 + ")"
                 for i in range(k)
             ]
@@ -985,6 +1029,8 @@ class _Writer:
         dh, u = self.state_var("dh", name), self.state_var("u", name)
         gs, uu = self.state_var("g", name), self.state_var("uu", name)
         routed_dh = f"tl.where({rho} != 0.0, {dh}, 0.0)"
+        if name in self.plan.old_read:  # u_t = rho_t (dh_t + u_{t+1}) + d_old_t
+            routed_dh = f"({routed_dh} + {self.state_var('dold', name)})"
         R, U = self.v("R", g, preferred=f"R{g}"), self.v("U", g, preferred=f"U{g}")
         Rv, Uv = self.v("Rv", g, preferred=f"Rv{g}"), self.v("Uv", g, preferred=f"Uv{g}")
         one = f"tl.full({shape}, 1.0, DTYPE)"

@@ -12,6 +12,7 @@ a substituted name stay as references, so coefficients read like the spec.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from recc.ir.nodes import (
     Expr,
     Recurrence,
     Ref,
+    StateDecl,
     embed,
     walk,
 )
@@ -228,6 +230,33 @@ def substitute_all(rec: Recurrence, exprs: list[Expr], bindings: dict[str, Expr]
         else:
             env[let.name] = Ref(let.expr.dims, let.name, LET)
     return [evaluate(expr, env, ops) for expr in exprs]
+
+
+def readouts_at_old_states(rec: Recurrence, old: Callable[[StateDecl], Expr]) -> list[Expr]:
+    """Every output with the state-dependent lets it reads written out, the states
+    those lets read replaced by `old(state)` (h_{t-1}: a let reads the old state),
+    while the output's own references to a state stay (h_t: an output reads the new
+    one). An output that reads no state-dependent let is returned as written."""
+    names = {s.name for s in rec.states}
+    dependent = state_dependent_lets(rec, names)
+    env: dict[str, Any] = {}
+    for decl in rec.inputs:
+        env[decl.name] = Ref(decl.dims, decl.name, INPUT)
+    for decl in rec.value_params():
+        env[decl.name] = Ref(decl.dims, decl.name, PARAM)
+    for s in rec.states:
+        env[s.name] = old(s)
+    ops = ExprOps()
+    for let in rec.lets:
+        if let.name in dependent:
+            env[let.name] = evaluate(let.expr, env, ops)
+        else:
+            env[let.name] = Ref(let.expr.dims, let.name, LET)
+    for s in rec.states:
+        env[s.name] = Ref(s.dims, s.name, STATE)
+    return [
+        evaluate(o.expr, env, ops) if mentions(o.expr, dependent) else o.expr for o in rec.outputs
+    ]
 
 
 def mentions(expr: Expr | None, names: set[str]) -> bool:
