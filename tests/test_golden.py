@@ -12,6 +12,7 @@ the diff, accept the new text with
 
 from __future__ import annotations
 
+import ast
 import difflib
 import os
 from pathlib import Path
@@ -92,3 +93,58 @@ def test_every_golden_file_belongs_to_a_test() -> None:
     assert present == wanted, (
         f"stale: {sorted(present - wanted)}; missing: {sorted(wanted - present)}"
     )
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_generated_code_is_wrapped_without_changing_its_meaning(path: Path, monkeypatch) -> None:
+    """No line of code over WIDTH (the module docstring quotes the spec as written),
+    and the wrapped module parses to the same tree as the unwrapped one."""
+    from recc.backends.triton import scan_codegen
+    from recc.backends.triton.wrap import WIDTH
+
+    wrapped = _kernel_source(path)
+    if wrapped is None:
+        return
+    monkeypatch.setattr(scan_codegen, "wrap_source", lambda text: text)
+    raw = _kernel_source(path)
+    assert ast.dump(ast.parse(raw)) == ast.dump(ast.parse(wrapped))
+    docstring = ast.get_docstring(ast.parse(wrapped)) or ""
+    quoted = {line.strip() for line in docstring.splitlines()}
+    long = [line for line in wrapped.splitlines() if len(line) > WIDTH]
+    assert all(line.strip() in quoted for line in long), long[:3]
+
+
+@pytest.mark.parametrize("stem", BUILT)
+def test_built_modules_are_wrapped_without_changing_their_meaning(stem: str, monkeypatch) -> None:
+    from recc.backends.triton import build, scan_codegen
+    from recc.backends.triton.wrap import WIDTH
+
+    rec, analysis = _load(ROOT / "specs" / f"{stem}.rec")
+    wrapped = build_module(rec, analysis)
+    monkeypatch.setattr(scan_codegen, "wrap_source", lambda text: text)
+    monkeypatch.setattr(build, "wrap_source", lambda text: text)
+    raw = build_module(rec, analysis)
+    assert ast.dump(ast.parse(raw)) == ast.dump(ast.parse(wrapped))
+    quoted = {line.strip() for line in rec.source.splitlines()}
+    long = [line for line in wrapped.splitlines() if len(line) > WIDTH]
+    assert all(line.strip().removeprefix('SPEC = """') in quoted for line in long), long[:3]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "    x = (aaaa + bbbb) * " + " + ".join(f"term_{i}" for i in range(20)),
+        "    y = f(" + ", ".join(f'"a, b # {i}"' for i in range(12)) + ")  # a comment, too",
+        "    z = tl.where(" + " & ".join(f"m_{i}" for i in range(30)) + ", (a + b), 0.0)",
+        "    (" + ", ".join(f"n{i}" for i in range(30)) + ",) = g((1, 2), 3)",
+        "    # " + "a comment " * 20,
+    ],
+)
+def test_a_wrapped_line_means_what_it_meant(line: str) -> None:
+    from recc.backends.triton.wrap import WIDTH, wrap_line
+
+    lines = wrap_line(line)
+    assert all(len(x) <= WIDTH for x in lines), lines
+    if not line.strip().startswith("#"):
+        source = "def f():\n" + "\n".join(lines) + "\n"
+        assert ast.dump(ast.parse(source)) == ast.dump(ast.parse("def f():\n" + line + "\n"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 from recc.analysis.forms import Analysis
 from recc.backends.triton.names import Namespace, docstring_text
 from recc.backends.triton.scan_codegen import generate_scan_module, kernel_spec
+from recc.backends.triton.wrap import wrap_source
 from recc.ir.nodes import Recurrence
 
 # What the glue imports or defines at module level, beside the kernels' names.
@@ -141,7 +142,7 @@ def build_module(spec: Recurrence, analysis: Analysis) -> str:
         f"            {as_dict(zip([o.name for o in rec.outputs], d_outs))},",
         f"            {as_dict(zip([s.name for s in rec.states], d_finals))},",
         "        )",
-        f"        return {', '.join(returned)},",
+        f"        return ({', '.join(returned)},)",
         "",
         "",
         f"def {wrapper}(*, initial_state=None, output_final_state=False, **tensors):",
@@ -189,7 +190,7 @@ def build_module(spec: Recurrence, analysis: Analysis) -> str:
         f"__all__ = [{wrapper!r}, {cls!r}]",
         "",
     ]
-    return "\n".join(lines)
+    return wrap_source("\n".join(lines))
 
 
 __all__ = ["Namespace", "build_module"]

@@ -52,6 +52,10 @@ class Namespace:
         self._by_key[key] = candidate
         return candidate
 
+    def unique(self, preferred: str) -> str:
+        """A new identifier of its own, spelled `preferred` if that is still free."""
+        return self.name(object(), preferred)
+
     def lookup(self, key: Hashable) -> str | None:
         if key in self._by_key:
             return self._by_key[key]

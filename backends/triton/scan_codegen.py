@@ -66,6 +66,7 @@ from recc.backends.triton.tile import (
     literal,
     unsupported_reason,
 )
+from recc.backends.triton.wrap import wrap_source
 from recc.ir.nodes import Expr, Recurrence, Ref, walk
 
 INF = float("inf")
@@ -670,6 +671,9 @@ class _Writer:
         group = self.groups[g]
         return list(group.states) if isinstance(group, DiagonalBlock) else [group]
 
+    def cite(self, span) -> str:
+        return _cite(self.rec, span)
+
     def group_cite(self, g: int) -> list[str]:
         names = self.group_states(g)
         spans = [u.span for u in self.rec.updates if u.name in names]
@@ -822,7 +826,7 @@ class _Writer:
         loop += emitter.lines
         emitter.lines = []
         # reverse-mode AD of the readouts: cotangents of the new states (and inputs)
-        adjoint = TileAdjoint(emitter, self.timed_names())
+        adjoint = TileAdjoint(emitter, self.timed_names(), self.cite)
         loop.append("# output cotangents")
         for o, readout in zip(rec.outputs, outputs):
             arg = self.args[("dout", o.name)]
@@ -924,6 +928,7 @@ class _Writer:
         valid = self.mask(dims, True)
         k = st.k
         lines = [f"# adjoint of {', '.join(states)}: g_t = dL/dh_t, u_t = J_t^T g_t"]
+        lines += self.group_cite(g)[1:]
         dh = [self.state_var("dh", s) for s in states]
         u = [self.state_var("u", s) for s in states]
         gs = [self.state_var("g", s) for s in states]
@@ -1041,7 +1046,7 @@ class _Writer:
         lines.append(f"{gs} = tl.where({valid}, tl.where({R} != 0.0, {u}, 0.0) + {Rv}, 0.0)")
         lines.append(f"{uu} = tl.where({U} != 0.0, {u}, 0.0) + {Uv}")
         # the operands' cotangents: g_t pushed back through the update as written
-        operands = TileAdjoint(spec, timed)
+        operands = TileAdjoint(spec, timed, self.cite)
         operands.seed(update, gs, (True, dims))
         lines += operands.run([update], lets=dependent)
         seeded = []
@@ -1148,4 +1153,4 @@ def generate_scan_module(rec: Recurrence, analysis: Analysis) -> tuple[str, Scan
     out += forward.forward()
     out += ["", ""]
     out += backward.backward()
-    return "\n".join(out) + "\n", plan
+    return wrap_source("\n".join(out) + "\n"), plan

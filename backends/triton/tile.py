@@ -333,7 +333,11 @@ class TileAdjoint:
     then again for the rest once every seed is in.
     """
 
-    def __init__(self, emitter: TileEmitter, timed_names: dict[str, bool]) -> None:
+    def __init__(
+        self, emitter: TileEmitter, timed_names: dict[str, bool], cite=lambda span: ""
+    ) -> None:
+        """`cite(span)`: the comment text naming a spec line (empty: no comments)."""
+        self.cite = cite
         self.e = emitter
         self.layout = emitter.layout
         self.timed_names = timed_names
@@ -382,9 +386,20 @@ class TileAdjoint:
             var = self.cotangent[key]
             self.lines.append(f"{var} = {var} + {value}")
         else:
-            var = self.e.fresh("_ct")
+            var = self.e.ns.unique(self.cotangent_name(target))
             self.cotangent[key] = var
             self.lines.append(f"{var} = {value}")
+
+    def cotangent_name(self, target: Expr) -> str:
+        """What a cotangent is called: `d_k` for spec name k, `d_t5` for the node the
+        kernel holds in `_t5` (`d_node` for one it holds in no variable)."""
+        if isinstance(target, Ref):
+            name = target.name
+            if not name.isidentifier():  # an internal name, e.g. "old state h"
+                name = "_".join(name.split())
+            return f"d_{name}"
+        held = self.e.memo.get(target)
+        return f"d{held}" if held is not None and held.startswith("_") else "d_node"
 
     def name_axes(self, ref: Ref) -> Axes:
         return (self.timed_names.get(ref.name, False), ref.dims)
@@ -440,12 +455,16 @@ class TileAdjoint:
         `lets`: the let definitions to differentiate through (others are leaves,
         whose cotangents stay on their names)."""
         let_exprs = {let.name: let.expr for let in lets}
+        spans = {let.name: let.span for let in lets}
         order = self._order(roots, let_exprs, stop_at_names)
         for item in reversed(order):
             if isinstance(item, tuple):  # ("let", name): hand its cotangent to its expression
                 ct = self.cotangent.get(("name", item[1]))
                 expr = let_exprs[item[1]]
                 if ct is not None:
+                    cited = self.cite(spans[item[1]])
+                    if cited:
+                        self.lines.append(f"# back through {cited}")
                     self.add(expr, ct, (self.timed_names.get(item[1], False), expr.dims))
                 continue
             self.done.add(item)
