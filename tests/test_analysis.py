@@ -423,6 +423,21 @@ COMPLETENESS = [
         "min-plus",
     ),
     (
+        # sympy folds min(x, x) to x, so it sees only + of the state: the IR decides
+        "min of two equal shifts",
+        None,
+        "state h[D] = 0\n update h = min(h + 0.5 * k, h + 0.5 * k)\n output h",
+        "minmax",
+        "min-plus",
+    ),
+    (
+        "max of two equal shifts",
+        None,
+        "state h[D] = 0\n update h = max(h + k, h + k)\n output h",
+        "minmax",
+        "max-plus",
+    ),
+    (
         "negated max",
         None,
         "state h[D] = 0\n update h = -max(-h, v)\n output h",

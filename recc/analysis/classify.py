@@ -110,7 +110,15 @@ def _analyze(rec: Recurrence) -> Analysis:
         semiring = minmax_semiring(sc, reasons)
         if semiring is not None:
             try:
-                form = minmax_form(rec, semiring)
+                try:
+                    form = minmax_form(rec, semiring)
+                except NotCanonical:
+                    if semiring != "max-plus":
+                        raise
+                    # sympy saw only + of the state: min(h + a, h + a) is h + a to it,
+                    # and the IR's lattice (min here) decides
+                    semiring = "min-plus"
+                    form = minmax_form(rec, semiring)
                 reasons.append(f"built from max/min/+ of the state: the {semiring} semiring")
                 return done(MINMAX, form, semiring=semiring)
             except NotCanonical as err:
