@@ -21,6 +21,7 @@ under torch.compile.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -32,7 +33,7 @@ from recc.analysis.rewrite import state_dependent_lets
 from recc.interpreter import TorchOps, last_step
 from recc.ir.evaluate import align, evaluate
 from recc.ir.nodes import Expr, Recurrence
-from recc.ir.ops import maximum, minimum
+from recc.lowering.algebra import Algebra, affine, apply_function, combine_function, minmax
 from recc.signature import Bound
 
 INF = float("inf")
@@ -57,6 +58,13 @@ class _Scan:
         self.dependent_lets = [let for let in rec.lets if let.name in dependent]
         # states nothing reads: only their final leaves the scan (see unread_finals)
         self.unread = unread_states(rec)
+        # each state group's step-map algebra (recc.lowering.algebra), and its states
+        if isinstance(self.form, DiagonalForm):
+            self.algebras = [affine(block.size) for block in self.form.blocks]
+            self.groups = [block.states for block in self.form.blocks]
+        else:
+            self.algebras = [minmax(self.form.semiring) for _ in rec.states]
+            self.groups = [(s.name,) for s in rec.states]
 
     def unread_finals(self, finals: dict[str, torch.Tensor], entering_last) -> dict:
         """`finals` with each state nothing reads recomputed from its update at the
@@ -90,96 +98,67 @@ class _Scan:
         return torch.broadcast_to(value, shape)
 
     def step_maps(self, env: dict[str, Any], shapes: dict[str, tuple[int, ...]], valid):
-        """The step's map per state group, with padded steps made the identity."""
+        """The step's map per state group (slot -> tensor; `recc.lowering.algebra`),
+        with padded steps made the identity."""
         maps = []
         dtype = self.bound.compute_dtype
         if isinstance(self.form, DiagonalForm):
-            for block in self.form.blocks:
+            for block, algebra in zip(self.form.blocks, self.algebras):
                 shape = shapes[block.states[0]]
                 dims = self.rec.state(block.states[0]).dims
-                a = [[self.coef(c, env, dims, shape) for c in row] for row in block.coupling]
-                b = [self.coef(c, env, dims, shape) for c in block.inject]
+                slots = {
+                    f"a_{i}{j}": c
+                    for i, row in enumerate(block.coupling)
+                    for j, c in enumerate(row)
+                    if c is not None
+                }
+                slots.update({f"b_{i}": c for i, c in enumerate(block.inject) if c is not None})
+                m = {k: self.coef(c, env, dims, shape) for k, c in slots.items()}
                 if valid is not None:
                     # Padded steps get the identity's coefficients, by selection (a
                     # `where`, whose backward never multiplies a padded step's garbage
                     # by zero). An absent coefficient stays absent: multiplying by a
                     # materialised 0 would make 0 * inf and 0 * NaN NaN. Nothing reads a
                     # padded step's state (finals come from the last valid step).
-                    a = [
-                        [
-                            None if x is None else _where(valid, x, float(i == j), shape, dtype)
-                            for j, x in enumerate(row)
-                        ]
-                        for i, row in enumerate(a)
-                    ]
-                    b = [None if x is None else _where(valid, x, 0.0, shape, dtype) for x in b]
-                maps.append((a, b))
+                    identity = algebra.identity
+                    m = {k: _where(valid, x, identity[k], shape, dtype) for k, x in m.items()}
+                maps.append(m)
         else:
             assert isinstance(self.form, MinMaxForm)
+            algebra = self.algebras[0]
             for s in self.rec.states:
                 a_expr, b_expr = self.form.coefficients[s.name]
                 shape = shapes[s.name]
-                a = self.coef(a_expr, env, s.dims, shape)
-                b = self.coef(b_expr, env, s.dims, shape)
-                if valid is not None:
-                    # None reads as +inf (max-min) or 0 (max-plus, min-plus) for a,
-                    # -inf for b (+inf for min-plus).
-                    identity_a = INF if self.form.semiring == "max-min" else 0.0
-                    identity_b = self.form.identity_b
-                    a = _where(valid, a, identity_a, shape, dtype, absent=identity_a)
-                    b = _where(valid, b, identity_b, shape, dtype, absent=identity_b)
-                maps.append((a, b))
+                m = {
+                    k: self.coef(e, env, s.dims, shape)
+                    for k, e in (("a", a_expr), ("b", b_expr))
+                    if e is not None
+                }
+                if valid is not None:  # an absent bound is materialised as its identity
+                    m = {
+                        k: _where(valid, m.get(k), v, shape, dtype, absent=v)
+                        for k, v in algebra.identity.items()
+                    }
+                maps.append(m)
         return maps
 
-    # ---- map algebra: apply a map to states; compose two maps ----
+    # ---- map algebra (recc.lowering.algebra): apply a map to states; compose two ----
     def apply(self, maps, states: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         new = {}
-        if isinstance(self.form, DiagonalForm):
-            for block, (a, b) in zip(self.form.blocks, maps):
-                for i, target in enumerate(block.states):
-                    total = b[i]
-                    for j, source in enumerate(block.states):
-                        if a[i][j] is not None:
-                            total = _fma(total, a[i][j], states[source])
-                    new[target] = total if total is not None else torch.zeros_like(states[target])
-            return new
-        for s, (a, b) in zip(self.rec.states, maps):
-            x = states[s.name]
-            if self.form.semiring == "max-min":
-                y = x if a is None else minimum(x, a)
-            else:
-                y = x if a is None else x + a
-            join = minimum if self.form.lattice == "min" else maximum
-            new[s.name] = y if b is None else join(y, b)
+        for algebra, names, m in zip(self.algebras, self.groups, maps):
+            xs = {x: states[n] for x, n in zip(algebra.components, names)}
+            values = _applied(algebra, tuple(m))(m, xs)
+            for x, n in zip(algebra.components, names):
+                # a state whose update reads nothing and injects nothing is 0
+                new[n] = values[x] if x in values else torch.zeros_like(states[n])
         return new
 
     def compose(self, first, then):
         """The map `then` after `first`."""
-        if isinstance(self.form, DiagonalForm):
-            out = []
-            for (a1, b1), (a2, b2) in zip(first, then):
-                k = len(a1)
-                a = [
-                    [
-                        _dot([a2[i][m] for m in range(k)], [a1[m][j] for m in range(k)])
-                        for j in range(k)
-                    ]
-                    for i in range(k)
-                ]
-                b = [_dot(a2[i], b1, start=b2[i]) for i in range(k)]
-                out.append((a, b))
-            return out
-        out = []
-        for (a1, b1), (a2, b2) in zip(first, then):
-            if self.form.semiring == "max-min":
-                a = _opt(minimum, a1, a2)
-                b = _opt(maximum, None if b1 is None else _opt(minimum, a2, b1), b2)
-            else:
-                join = minimum if self.form.lattice == "min" else maximum
-                a = _opt(torch.add, a1, a2)
-                b = _opt(join, None if b1 is None else _opt(torch.add, b1, a2), b2)
-            out.append((a, b))
-        return out
+        return [
+            _combined(algebra, tuple(m1), tuple(m2))(m1, m2)
+            for algebra, m1, m2 in zip(self.algebras, first, then)
+        ]
 
     def chunk(self, maps, c: int):
         return _map_tensors(maps, lambda x: x[:, c])
@@ -198,33 +177,27 @@ def _where(valid, x, identity: float, shape, dtype, absent: float = 0.0) -> torc
     return torch.broadcast_to(torch.where(mask, x, fill), shape)
 
 
-def _fma(total, x, y):
-    """total + x * y, in one op where there is a total (None is zero)."""
-    return x * y if total is None else torch.addcmul(total, x, y)
+@functools.cache
+def _combined(algebra: Algebra, first: tuple[str, ...], then: tuple[str, ...]):
+    """The algebra's combine for maps with these slots, as a function of tensors."""
+    return combine_function(algebra, frozenset(first), frozenset(then))
 
 
-def _dot(xs, ys, start=None):
-    total = start
-    for x, y in zip(xs, ys):
-        if x is not None and y is not None:
-            total = _fma(total, x, y)
-    return total
-
-
-def _opt(fn, x, y):
-    if x is None:
-        return y
-    if y is None:
-        return x
-    return fn(x, y)
+@functools.cache
+def _applied(algebra: Algebra, present: tuple[str, ...]):
+    return apply_function(algebra, frozenset(present))
 
 
 def _unbind_steps(tree, L: int) -> list:
-    """A tree of `[B, nc, L, ...]` tensors as L trees of `[B, nc, ...]` steps."""
+    """A tree (lists, tuples, dicts) of `[B, nc, L, ...]` tensors as L trees of
+    `[B, nc, ...]` steps."""
     if tree is None:
         return [None] * L
     if isinstance(tree, torch.Tensor):
         return list(tree.unbind(2))
+    if isinstance(tree, dict):
+        children = {k: _unbind_steps(t, L) for k, t in tree.items()}
+        return [{k: child[i] for k, child in children.items()} for i in range(L)]
     children = [_unbind_steps(t, L) for t in tree]
     return [type(tree)(child[i] for child in children) for i in range(L)]
 
@@ -234,6 +207,8 @@ def _map_tensors(tree, fn):
         return None
     if isinstance(tree, torch.Tensor):
         return fn(tree)
+    if isinstance(tree, dict):
+        return {k: _map_tensors(t, fn) for k, t in tree.items()}
     return type(tree)(_map_tensors(t, fn) for t in tree)
 
 

@@ -63,11 +63,13 @@ from recc.backends.triton.tile import (
     TileEmitter,
     TileLayout,
     contracted_dims,
+    inline,
     literal,
     unsupported_reason,
 )
-from recc.backends.triton.wrap import wrap_source
+from recc.backends.triton.wrap import ungrouped, wrap_source
 from recc.ir.nodes import Expr, Recurrence, Ref, walk
+from recc.lowering.algebra import Algebra, affine, minmax, operand, pair
 
 INF = float("inf")
 # Names every generated module defines at top level.
@@ -353,91 +355,50 @@ def _jit(name: str, params: list[str], doc: str, results: list[str]) -> list[str
     return lines + ["    )", "", ""]
 
 
+def _printed(
+    name: str, algebra: Algebra, present: frozenset[str], doc: str, order: list[str]
+) -> list[str]:
+    """A combine of `algebra` as a @triton.jit function over the `present` slots of
+    both maps, returning the slots in `order` (a slot no product reaches is a zero
+    tile shaped like the first map's: the scan needs every slot it is given)."""
+    params = [operand(slot, w) for w in (1, 2) for slot in order]
+    combine = algebra.specialize_combine(present, present)
+    names = {p: p for p in params}
+    results = [
+        ungrouped(inline(combine[slot], names))
+        if slot in combine
+        else f"tl.zeros_like({operand(slot, 1)})"
+        for slot in order
+    ]
+    return _jit(name, params, doc, results)
+
+
 def _diagonal_combines(names: dict[str, str], st: _BlockStructure) -> list[str]:
-    """The forward and adjoint combines of a block, over its slots only.
+    """The forward and adjoint combines of a block, over its slots only
+    (`recc.lowering.algebra`: affine and pair maps).
 
     Every combine takes (earlier, later) in application order and returns
     "earlier, then later" (Triton's reverse scans hand the step nearer the
     end first, which is the one applied first to the adjoint)."""
     lines: list[str] = []
-    a, b = st.a, st.b
-    if a:
-        A1 = {s: f"a1_{s[0]}{s[1]}" for s in a}
-        A2 = {s: f"a2_{s[0]}{s[1]}" for s in a}
-        B1 = {i: f"b1_{i}" for i in b}
-        B2 = {i: f"b2_{i}" for i in b}
-        params = [*A1.values(), *B1.values(), *A2.values(), *B2.values()]
-        results = [
-            _sum_or_zero(
-                [
-                    f"{A2[(i, m)]} * {A1[(m, j)]}"
-                    for m in range(st.k)
-                    if (i, m) in A2 and (m, j) in A1
-                ],
-                A1[(i, j)],
-            )
-            for (i, j) in a
-        ] + [
-            " + ".join([f"{A2[(i, m)]} * {B1[m]}" for m in b if (i, m) in A2] + [B2[i]]) for i in b
-        ]
-        lines += _jit(
-            names["combine"],
-            params,
-            "h -> A1 h + b1, then h -> A2 h + b2: (A2 A1, A2 b1 + b2)",
-            results,
-        )
-    adj = st.adjoint
-    if adj:
+    if st.a:
+        order = [f"a_{i}{j}" for i, j in st.a] + [f"b_{i}" for i in st.b]
+        doc = "h -> A1 h + b1, then h -> A2 h + b2: (A2 A1, A2 b1 + b2)"
+        lines += _printed(names["combine"], affine(st.k), frozenset(order), doc, order)
+    if st.adjoint:
         k = st.k
-        slot = {s: f"{s[0]}{s[1]}" for s in adj}
-        R1 = {s: f"r1_{slot[s]}" for s in adj}
-        S1 = {s: f"s1_{slot[s]}" for s in adj}
-        R2 = {s: f"r2_{slot[s]}" for s in adj}
-        S2 = {s: f"s2_{slot[s]}" for s in adj}
-        rv1 = [f"rv1_{i}" for i in range(k)]
-        sv1 = [f"sv1_{i}" for i in range(k)]
-        rv2 = [f"rv2_{i}" for i in range(k)]
-        sv2 = [f"sv2_{i}" for i in range(k)]
-        params = [*R1.values(), *S1.values(), *rv1, *sv1, *R2.values(), *S2.values(), *rv2, *sv2]
-
-        def product(X, Y, i, j):
-            return _sum_or_zero(
-                [f"{X[(i, m)]} * {Y[(m, j)]}" for m in range(k) if (i, m) in X and (m, j) in Y],
-                Y[(i, j)],
-            )
-
-        def apply(X, v, plus, i):
-            return " + ".join(
-                [f"{X[(i, m)]} * {v[m]}" for m in range(k) if (i, m) in X] + [plus[i]]
-            )
-
-        results = (
-            [product(R2, S1, i, j) for (i, j) in adj]
-            + [product(S2, S1, i, j) for (i, j) in adj]
-            + [apply(R2, sv1, rv2, i) for i in range(k)]
-            + [apply(S2, sv1, sv2, i) for i in range(k)]
-        )
-        lines += _jit(
-            names["combine_adjoint"],
-            params,
-            "u -> (R u + r, S u + s) composed: (R2 S1, S2 S1, R2 s1 + r2, S2 s1 + s2)",
-            results,
-        )
+        order = [f"{m}_{i}{j}" for m in ("r", "s") for i, j in st.adjoint]
+        order += [f"{v}_{i}" for v in ("rv", "sv") for i in range(k)]
+        doc = "u -> (R u + r, S u + s) composed: (R2 S1, S2 S1, R2 s1 + r2, S2 s1 + s2)"
+        lines += _printed(names["combine_adjoint"], pair(k), frozenset(order), doc, order)
     return lines
 
 
 def _minmax_combines(names: dict[str, str], semiring: str) -> list[str]:
-    if semiring == "max-min":
-        doc = "max(min(h, a1), b1), then max(min(h, a2), b2)"
-        results = [
-            f"tl.minimum(a1, a2, {NAN})",
-            f"tl.maximum(tl.minimum(a2, b1, {NAN}), b2, {NAN})",
-        ]
-    else:
-        join = "minimum" if semiring == "min-plus" else "maximum"
-        doc = f"{join[:3]}(h + a1, b1), then {join[:3]}(h + a2, b2)"
-        results = ["a1 + a2", f"tl.{join}(b1 + a2, b2, {NAN})"]
-    fwd = _jit(names["combine"], ["a1", "b1", "a2", "b2"], doc, results)
+    join = {"max-min": "max(min(h, a), b)", "max-plus": "max(h + a, b)"}
+    doc = join.get(semiring, "min(h + a, b)").replace("a", "a1").replace("b", "b1")
+    doc = f"{doc}, then {doc.replace('1', '2')}"
+    fwd = _printed(names["combine"], minmax(semiring), frozenset("ab"), doc, ["a", "b"])
     # The adjoint's S is a routing (0 or 1): cotangents are selected, never
     # multiplied, so a NaN the state does not flow through stays where it is.
     back = _jit(

@@ -67,6 +67,18 @@ PRINT = {
     "select": "tl.where({0}, {1}, {2})",
 }
 
+
+def inline(expr: Expr, names: dict[str, str]) -> str:
+    """`expr` printed in one piece, without temporaries (the small closed forms of the
+    scans' combine functions); `names`: each reference's variable."""
+    if isinstance(expr, Ref):
+        return names[expr.name]
+    if isinstance(expr, Const):
+        return literal(expr.value)
+    assert isinstance(expr, Apply) and expr.op in PRINT, expr
+    return PRINT[expr.op].format(*(inline(a, names) for a in expr.args))
+
+
 # Exponents with |p| up to this are products (and a square root for halves), as
 # exact as torch's pow; others are exp(p * log|x|), whose relative error is about
 # |p * log(x)| units in the last place (documented in docs/language.md).

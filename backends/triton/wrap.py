@@ -59,7 +59,7 @@ def _wrap_code(indent: str, code: str, width: int, inside: bool = False) -> list
     code = code[: len(code) - len(comma)]
     target, value = (None, code) if inside else _split_assignment(code)
     if target is not None:
-        names = _split_top_level(_ungrouped(target))
+        names = _split_top_level(ungrouped(target))
         if len(names) > 1 and len(indent) + len(target) > width // 2:
             # a long target list: one name per line, then the value
             lines = [indent + "("] + [f"{inner}{n}," for n in names]
@@ -96,7 +96,7 @@ def _wrap_code(indent: str, code: str, width: int, inside: bool = False) -> list
 _OPERATORS = (" | ", " & ", " + ", " - ", " * ")
 
 
-def _ungrouped(text: str) -> str:
+def ungrouped(text: str) -> str:
     """`text` without one pair of brackets around all of it."""
     pairs = _pairs(text)
     if len(pairs) == 1 and pairs[0] == (0, len(text) - 1) and text[0] == "(":

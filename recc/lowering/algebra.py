@@ -1,0 +1,287 @@
+"""The step-map algebra of each scan, as data: written once, as recc IR.
+
+Stage: lowering. A scan composes one map per step. Each class's maps have
+named slots; an `Algebra` holds, as IR expressions over those slots:
+
+  combine   the slots of "first, then second" (operands `a1_00` of the first
+            map, `a2_00` of the second: the names the Triton combines take)
+  apply     the new state's components `x_i` from a map and the old state
+  identity  the slots of the identity map (what padded steps are given)
+
+for the affine maps of a diagonal block (h -> A h + b, k x k), the pair maps
+the diagonal backward's reverse scan composes (u -> (R u + r, S u + s)), and
+the MinMax semirings (max-min, max-plus, min-plus). The torch backend runs
+them (`compiled`: a function of tensors), the Triton backend prints them
+(`backends/triton/scan_codegen.py`), and tests/test_algebra.py checks that
+each is associative with its identity.
+
+A slot may be **absent** (the spec has no such coefficient, or no product
+reaches it): it is then not a value but the structural element it stands
+for, and `specialize` removes it by the rules of that element (an absent
+`a_ij` is a zero: it drops out of sums and makes products absent; an absent
+max-plus bound `b` is -inf: it drops out of `max` and makes `b + a` absent).
+No absent slot is ever materialised, so `0 * inf` and `0 * NaN` never arise
+from a coefficient the spec does not have.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import Any
+
+from recc.ir.evaluate import evaluate
+from recc.ir.nodes import Apply, Const, Expr, Ref
+from recc.ir.ops import OPS
+
+SLOT = "slot"  # the role of a slot's (or a state component's) reference
+
+# The structural elements an absent slot stands for.
+ZERO, POS_INF, NEG_INF = "zero", "+inf", "-inf"
+
+
+def _ref(name: str) -> Ref:
+    return Ref((), name, SLOT)
+
+
+def _op(op: str, *args: Expr) -> Apply:
+    return Apply((), op, args)
+
+
+def _sum(terms: Iterable[Expr]) -> Expr | None:
+    terms = list(terms)
+    return reduce(lambda total, t: _op("add", total, t), terms) if terms else None
+
+
+def operand(slot: str, which: int) -> str:
+    """`a_00` of the first map is `a1_00`; `a` of the second is `a2`."""
+    letter, _, index = slot.partition("_")
+    return f"{letter}{which}" + (f"_{index}" if index else "")
+
+
+@dataclass(frozen=True)
+class Algebra:
+    name: str  # "affine", "pair", "max-min", "max-plus", "min-plus"
+    slots: tuple[str, ...]
+    absent: dict[str, str] = field(compare=False)  # slot -> what it is when absent
+    identity: dict[str, float] = field(compare=False)  # slot -> the identity map's value
+    combine: dict[str, Expr] = field(compare=False)  # slot -> IR over operand(slot, 1|2)
+    components: tuple[str, ...] = ()  # the state's components x_i, for `apply`
+    apply: dict[str, Expr] = field(default_factory=dict, compare=False)  # x_i -> IR
+
+    def specialize_combine(
+        self, present_first: frozenset[str], present_second: frozenset[str]
+    ) -> dict[str, Expr]:
+        """The combine for maps with only these slots present; a slot of the result
+        that comes out absent is left out."""
+        absent = {
+            operand(s, w): self.absent[s]
+            for w, present in ((1, present_first), (2, present_second))
+            for s in self.slots
+            if s not in present
+        }
+        return specialize(self.combine, absent)
+
+    def specialize_apply(self, present: frozenset[str]) -> dict[str, Expr]:
+        absent = {s: self.absent[s] for s in self.slots if s not in present}
+        return specialize(self.apply, absent)
+
+    def present_after(self, first: frozenset[str], second: frozenset[str]) -> frozenset[str]:
+        """The slots a composed map has, from those of the two it composes."""
+        return frozenset(self.specialize_combine(first, second))
+
+
+# ---- the algebras -------------------------------------------------------------
+
+
+def affine(k: int) -> Algebra:
+    """h -> A h + b on k coupled components: (A2 A1, A2 b1 + b2)."""
+    a = [f"a_{i}{j}" for i in range(k) for j in range(k)]
+    b = [f"b_{i}" for i in range(k)]
+
+    def A(w: int, i: int, j: int) -> Ref:
+        return _ref(operand(f"a_{i}{j}", w))
+
+    def B(w: int, i: int) -> Ref:
+        return _ref(operand(f"b_{i}", w))
+
+    combine: dict[str, Expr] = {}
+    for i in range(k):
+        for j in range(k):
+            combine[f"a_{i}{j}"] = _sum(_op("mul", A(2, i, m), A(1, m, j)) for m in range(k))
+    for i in range(k):
+        combine[f"b_{i}"] = _sum([_op("mul", A(2, i, m), B(1, m)) for m in range(k)] + [B(2, i)])
+    xs = tuple(f"x_{i}" for i in range(k))
+    apply = {
+        xs[i]: _sum(
+            [_ref(f"b_{i}")] + [_op("mul", _ref(f"a_{i}{j}"), _ref(xs[j])) for j in range(k)]
+        )
+        for i in range(k)
+    }
+    identity = {s: float(s[2] == s[3]) for s in a} | {s: 0.0 for s in b}
+    return Algebra("affine", (*a, *b), {s: ZERO for s in (*a, *b)}, identity, combine, xs, apply)
+
+
+def pair(k: int) -> Algebra:
+    """u -> (R u + r, S u + s), composed: (R2 S1, S2 S1, R2 s1 + r2, S2 s1 + s2).
+
+    The diagonal backward's reverse scan: g_t = R u + r and u_t = S u + s of
+    the adjoint u entering from after the step. The composed map's g is the
+    second's, so the identity (R = S = 1, r = s = 0) is a left identity only:
+    the maps a padded step is given, which the reverse scan applies first."""
+    mats = {L: [f"{L}_{i}{j}" for i in range(k) for j in range(k)] for L in ("r", "s")}
+    vecs = {L: [f"{L}_{i}" for i in range(k)] for L in ("rv", "sv")}
+
+    def M(L: str, w: int, i: int, j: int) -> Ref:
+        return _ref(operand(f"{L}_{i}{j}", w))
+
+    def V(L: str, w: int, i: int) -> Ref:
+        return _ref(operand(f"{L}_{i}", w))
+
+    combine: dict[str, Expr] = {}
+    for L in ("r", "s"):
+        for i in range(k):
+            for j in range(k):
+                combine[f"{L}_{i}{j}"] = _sum(
+                    _op("mul", M(L, 2, i, m), M("s", 1, m, j)) for m in range(k)
+                )
+    for L, M2 in (("rv", "r"), ("sv", "s")):
+        for i in range(k):
+            combine[f"{L}_{i}"] = _sum(
+                [_op("mul", M(M2, 2, i, m), V("sv", 1, m)) for m in range(k)] + [V(L, 2, i)]
+            )
+    slots = (*mats["r"], *mats["s"], *vecs["rv"], *vecs["sv"])
+    identity = {s: float(s[-2] == s[-1]) for s in (*mats["r"], *mats["s"])}
+    identity |= {s: 0.0 for s in (*vecs["rv"], *vecs["sv"])}
+    return Algebra("pair", slots, {s: ZERO for s in slots}, identity, combine)
+
+
+def minmax(semiring: str) -> Algebra:
+    """max(min(h, a), b) ("max-min"), max(h + a, b) ("max-plus"), min(h + a, b)
+    ("min-plus"), composed in closed form."""
+    a1, b1, a2, b2 = (_ref(n) for n in ("a1", "b1", "a2", "b2"))
+    x = _ref("x_0")
+    if semiring == "max-min":
+        combine = {"a": _op("min", a1, a2), "b": _op("max", _op("min", a2, b1), b2)}
+        apply = _op("max", _op("min", x, _ref("a")), _ref("b"))
+        absent = {"a": POS_INF, "b": NEG_INF}
+    else:
+        join = "min" if semiring == "min-plus" else "max"
+        combine = {"a": _op("add", a1, a2), "b": _op(join, _op("add", b1, a2), b2)}
+        apply = _op(join, _op("add", x, _ref("a")), _ref("b"))
+        absent = {"a": ZERO, "b": POS_INF if semiring == "min-plus" else NEG_INF}
+    identity = {"a": _VALUE[absent["a"]], "b": _VALUE[absent["b"]]}
+    return Algebra(semiring, ("a", "b"), absent, identity, combine, ("x_0",), {"x_0": apply})
+
+
+_VALUE = {ZERO: 0.0, POS_INF: math.inf, NEG_INF: -math.inf}
+
+
+# ---- absent slots: the structural elements, removed by their rules ------------
+
+
+class _Structural:
+    """An evaluator over IR where a value may also be an absent slot's element
+    (ZERO, POS_INF, NEG_INF), which the rules below remove. An element stands
+    for a term the spec does not have, so no rule looks at the other operand's
+    value (an absent bound drops out of a max even against NaN)."""
+
+    def const(self, node: Const) -> Any:
+        return node
+
+    def apply(self, node: Apply, args: list[Any]) -> Any:
+        op = node.op
+        marks = [a for a in args if isinstance(a, str)]
+        if not marks:
+            return _op(op, *args)
+        a, b = args
+        if op == "add":
+            for m in (NEG_INF, POS_INF):
+                if m in marks:  # -inf + x = -inf (and +inf + x = +inf)
+                    return m
+            return b if a == ZERO else a  # 0 + x = x
+        if op == "mul":
+            return ZERO  # 0 * x = 0
+        if op in ("max", "min"):
+            keep, absorb = (NEG_INF, POS_INF) if op == "max" else (POS_INF, NEG_INF)
+            if absorb in marks:
+                return absorb  # max(+inf, x) = +inf, min(-inf, x) = -inf
+            other = [x for x in args if x != keep]
+            return other[0] if other else keep  # max(-inf, x) = x, min(+inf, x) = x
+        raise ValueError(f"no structural rule for {op} of an absent slot")  # pragma: no cover
+
+
+def specialize(exprs: dict[str, Expr], absent: dict[str, str]) -> dict[str, Expr]:
+    """`exprs` with the absent names removed by their rules; a result that is absent
+    itself is left out."""
+    env: dict[str, Any] = _Env(absent)
+    out = {}
+    for name, expr in exprs.items():
+        if expr is None:
+            continue
+        value = evaluate(expr, env, _Structural())
+        if not isinstance(value, str):
+            out[name] = value
+    return out
+
+
+class _Env(dict):
+    """Every name is its own reference, unless absent."""
+
+    def __init__(self, absent: dict[str, str]) -> None:
+        super().__init__()
+        self.absent = absent
+
+    def __missing__(self, name: str) -> Any:
+        return self.absent.get(name) or _ref(name)
+
+
+# ---- running an algebra on tensors ----------------------------------------------
+
+
+def combine_function(algebra: Algebra, first: frozenset[str], second: frozenset[str]):
+    """`f(m1, m2)`: the combine of two maps (slot -> tensor) with these slots."""
+    where = {operand(s, w): (w - 1, s) for w in (1, 2) for s in algebra.slots}
+    return compiled(algebra.specialize_combine(first, second), where)
+
+
+def apply_function(algebra: Algebra, present: frozenset[str]):
+    """`f(m, x)`: the new state's components (x_i -> tensor) from a map and the old
+    state's components."""
+    where = {s: (0, s) for s in algebra.slots} | {x: (1, x) for x in algebra.components}
+    return compiled(algebra.specialize_apply(present), where)
+
+
+def compiled(exprs: dict[str, Expr], where: dict[str, tuple[int, str]]):
+    """A function of dicts returning every expression's value: a reference `name`
+    reads `args[i][key]` for `(i, key) = where[name]`; each op is its torch function
+    from the op table. Built once, a call costs one Python call per op;
+    `x + y * z` runs as one addcmul."""
+    import torch
+
+    def build(expr: Expr) -> Callable[[tuple], Any]:
+        if isinstance(expr, Ref):
+            i, key = where[expr.name]
+            return lambda args: args[i][key]
+        if isinstance(expr, Const):
+            value = expr.value
+            return lambda args: value
+        assert isinstance(expr, Apply)
+        products = [a for a in expr.args if isinstance(a, Apply) and a.op == "mul"]
+        if expr.op == "add" and products:  # x + y * z (or y * z + x: + commutes exactly)
+            product = products[-1]
+            other = expr.args[0] if product is expr.args[1] else expr.args[1]
+            total, (y, z) = build(other), (build(a) for a in product.args)
+            return lambda args: torch.addcmul(total(args), y(args), z(args))
+        fn = OPS[expr.op].torch
+        built = [build(a) for a in expr.args]
+        if len(built) == 1:
+            (x,) = built
+            return lambda args: fn(x(args))
+        x, y = built
+        return lambda args: fn(x(args), y(args))
+
+    parts = tuple((name, build(expr)) for name, expr in exprs.items())
+    return lambda *args: {name: f(args) for name, f in parts}
