@@ -11,14 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from triton_interpreter import fast_scan  # noqa: E402
-
-from recc.cli import main  # noqa: E402
-from recc.interpreter import run  # noqa: E402
-from recc.ir import load  # noqa: E402
-from recc.signature import bind  # noqa: E402
+from recc.cli import main
+from recc.interpreter import run
+from recc.ir import load
+from recc.signature import bind
+from recc.testing.triton_interpreter import fast_scan
 
 SPECS = Path(__file__).parent.parent / "specs"
 

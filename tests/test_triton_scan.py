@@ -2,7 +2,7 @@
 
 Every diagonal and MinMax zoo spec gets a kernel. Under TRITON_INTERPRET=1
 (tests/conftest.py) the kernels run on CPU tensors at tiny shapes, with the
-vectorised interpreter scan of tests/triton_interpreter.py; each must match
+vectorised interpreter scan of recc.testing.triton_interpreter; each must match
 the interpreter (fp64: to round-off; fp32: 1e-5 relative). Every kernel must
 also compile for sm_80 and sm_90 at its default tile sizes with 0 spill
 bytes, and move no more than 1.1x the minimum global bytes.
@@ -11,19 +11,13 @@ bytes, and move no more than 1.1x the minimum global bytes.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):  # pragma: no cover - conftest sets it
     pytest.skip("Triton kernels need TRITON_INTERPRET=1 here (no GPU)", allow_module_level=True)
-
-from triton_interpreter import fast_scan  # noqa: E402
-from triton_traffic import count_traffic  # noqa: E402
 
 import recc  # noqa: E402
 from recc.analysis import analyze  # noqa: E402
@@ -34,6 +28,8 @@ from recc.backends.triton.scan_codegen import Unsupported  # noqa: E402
 from recc.interpreter import run  # noqa: E402
 from recc.ir import load  # noqa: E402
 from recc.signature import bind  # noqa: E402
+from recc.testing.triton_interpreter import fast_scan  # noqa: E402
+from recc.testing.triton_traffic import count_traffic  # noqa: E402
 
 SPECS = sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.rec"))
 
