@@ -146,6 +146,16 @@ def test_a_callable_executor_and_values_only():
     assert detached == []
 
 
+def test_an_executor_missing_a_result_disagrees():
+    rec, analysis, tensors, init = _mingru_call()
+
+    def no_finals(given, start):
+        return interpreter_run(rec, bind(rec, given, start))[0], {}
+
+    found = disagreements(rec, analysis, no_finals, tensors, init)
+    assert [d.what for d in found] == ["results"] and "final state h" in found[0].detail
+
+
 def test_options_reach_the_named_backend_only():
     rec, analysis, tensors, init = _mingru_call()
     assert disagreements(rec, analysis, "torch", tensors, init, options=Options()) == []
