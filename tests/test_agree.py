@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from recc.analysis import analyze
 from recc.backends.protocol import Options
 from recc.interpreter import run as interpreter_run
 from recc.ir import load
 from recc.signature import bind
 from recc.testing.agree import compare, disagreements
-from recc.verify import check
+from recc.verify import check, random_call
 
 NAN, INF = float("nan"), float("inf")
 
@@ -84,9 +85,6 @@ MINGRU = Path(__file__).resolve().parent.parent / "specs" / "mingru.rec"
 
 
 def _mingru_call(T: int = 7):
-    from recc.analysis import analyze
-    from recc.verify import random_call
-
     rec = load(MINGRU)
     tensors, init = random_call(rec, positive=True, T=T, seed=2)
     return rec, analyze(rec), tensors, init
@@ -154,6 +152,16 @@ def test_an_executor_missing_a_result_disagrees():
 
     found = disagreements(rec, analysis, no_finals, tensors, init)
     assert [d.what for d in found] == ["results"] and "final state h" in found[0].detail
+
+
+def test_finite_makes_an_open_result_a_disagreement():
+    rec = load(OPEN_BY_IEEE["nan_output"])
+    analysis = analyze(rec)
+    tensors = {"x": torch.randn(1, 3, 2, dtype=torch.float64)}
+    assert disagreements(rec, analysis, "torch", tensors, {}) == []  # IEEE leaves it open
+    found = disagreements(rec, analysis, "torch", tensors, {}, finite=True)
+    assert found and all("not finite" in d.detail for d in found)
+    assert "output o" in [d.what for d in found]
 
 
 def test_options_reach_the_named_backend_only():

@@ -42,7 +42,7 @@ def _agrees(rec, tensors, init, chunk=None, gradients=False, seed=0):
         return run_scan(rec, a, bind(rec, given, start), chunk=chunk)
 
     found = disagreements(
-        rec, a, scan, tensors, init, seed, gradients=gradients, elementwise=ELEMENTWISE
+        rec, a, scan, tensors, init, seed, gradients=gradients, elementwise=ELEMENTWISE, finite=True
     )
     assert not found, "; ".join(map(str, found))
 
@@ -93,7 +93,13 @@ def test_long_sequence_mingru_and_mamba():
         rec = load(SPECS[0].parent / f"{name}.rec")
         tensors, init = random_call(rec, positive=False, T=4096, B=1)
         assert chunk_length(4096) == 64
-        _agrees(rec, tensors, init)
+        # Hand-rolled, not agree's: with these inputs mamba_s6's outputs overflow to inf
+        # from step 1266 on, in the interpreter too, and this compares those infs (agree
+        # compares nothing past an overflow).
+        out_i, _ = run(rec, bind(rec, tensors, init))
+        out_s, _ = run_scan(rec, analyze(rec), bind(rec, tensors, init))
+        for key in out_i:
+            torch.testing.assert_close(out_s[key], out_i[key], **FP64)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])

@@ -84,7 +84,14 @@ def _agrees(rec, analysis, executor, tensors, init, elementwise, gradients):
     """recc.testing.agree's comparison (`recc check`'s), each value also held to
     elementwise = (rtol, atol) of its own size."""
     found = disagreements(
-        rec, analysis, executor, tensors, init, gradients=gradients, elementwise=elementwise
+        rec,
+        analysis,
+        executor,
+        tensors,
+        init,
+        gradients=gradients,
+        elementwise=elementwise,
+        finite=True,
     )
     assert not found, "; ".join(map(str, found))
 

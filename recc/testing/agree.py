@@ -230,7 +230,7 @@ def _results(
 def disagreements(
     rec: Recurrence,
     analysis: Analysis,
-    backend: str,
+    backend: str | Callable,
     tensors: dict[str, torch.Tensor],
     init: dict[str, torch.Tensor],
     seed: int = 0,
@@ -242,6 +242,7 @@ def disagreements(
     gradients: bool = True,
     tolerance: float | None = None,
     elementwise: tuple[float, float] | None = None,
+    finite: bool = False,
 ) -> list[Disagreement]:
     """How `backend` differs from the interpreter on one call (empty: it agrees).
 
@@ -259,10 +260,9 @@ def disagreements(
     `gradients=False`: values and final states only (`reference` then holds no
     gradients either). `tolerance`: a normwise tolerance below TOLERANCE's for the
     dtype (a larger one is a ValueError). `elementwise` = (rtol, atol): a bound
-    on each value besides the normwise one (see `compare`)."""
-    if reference is None:
-        reference = interpreter_results(rec, analysis, tensors, init, seed, gradients)
-    candidate = _results(rec, analysis, backend, tensors, init, seed, device, options, gradients)
+    on each value besides the normwise one (see `compare`). `finite`: the
+    interpreter's results and gradients must all be finite (a call whose
+    results IEEE leaves open is then itself a disagreement, not skipped)."""
     dtype = next(iter(tensors.values())).dtype
     default = TOLERANCE.get(dtype, 1e-2)
     if tolerance is None:
@@ -272,6 +272,13 @@ def disagreements(
             f"tolerance={tolerance:g} is looser than agree's {default:g} for {dtype}; "
             "a test may only tighten the comparison"
         )
+    if reference is None:
+        reference = interpreter_results(rec, analysis, tensors, init, seed, gradients)
+    if finite:
+        open_ = [what for what, v in reference if not bool(torch.isfinite(v).all())]
+        if open_:
+            return [Disagreement(what, "the interpreter's result is not finite") for what in open_]
+    candidate = _results(rec, analysis, backend, tensors, init, seed, device, options, gradients)
     names = [what for what, _ in candidate]
     if names != [what for what, _ in reference]:  # e.g. a callable executor's own names
         expected = [what for what, _ in reference]
