@@ -1,10 +1,10 @@
 """Global memory traffic of the generated Triton kernels, forward and backward.
 
-Run:  python benchmarks/triton_traffic.py
+Run:  python benchmarks/triton_traffic.py [SPEC ...]   (default: every spec of specs/)
 
 No GPU here: the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1,
 set below before Triton is imported) and every global load and store is
-counted by tests/triton_traffic.py. For each diagonal/MinMax zoo spec at
+counted by recc.testing.triton_traffic. For each diagonal/MinMax zoo spec at
 B=1, T=256, dims 16 (32, 48, ...), fp32, it prints the bytes each kernel
 moved and the ratio to the minimum: every tensor the kernel must touch read
 or written once (an input or gradient without the split dim once per
@@ -13,24 +13,23 @@ channel block; params and states once per program).
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import warnings
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
-from triton_interpreter import fast_scan  # noqa: E402
-from triton_traffic import count_traffic  # noqa: E402
 
 from recc.analysis import analyze  # noqa: E402
 from recc.backends.triton.launch import TRAINING_BUDGET, ScanKernel, block_sizes  # noqa: E402
 from recc.backends.triton.scan_codegen import Unsupported  # noqa: E402
 from recc.ir import load  # noqa: E402
 from recc.signature import bind  # noqa: E402
+from recc.testing.triton_interpreter import fast_scan  # noqa: E402
+from recc.testing.triton_traffic import count_traffic  # noqa: E402
 
 
 def nbytes(x: torch.Tensor) -> int:
@@ -92,10 +91,20 @@ def measure(path: Path) -> tuple[str, float, float, int, int] | None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("specs", nargs="*", help="zoo spec names (default: all)")
+    args = parser.parse_args()
+    paths = sorted((ROOT / "specs").glob("*.rec"))
+    if args.specs:
+        known = {p.stem: p for p in paths}
+        unknown = sorted(set(args.specs) - set(known))
+        if unknown:
+            parser.error(f"no such spec in specs/: {', '.join(unknown)}")
+        paths = [known[name] for name in args.specs]
     # padded lanes compute garbage (e.g. 0/0) that is masked off; numpy warns about it
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     print(f"{'spec':12} {'fwd bytes':>11} {'x min':>6} {'bwd bytes':>11} {'x min':>6}")
-    for path in sorted((ROOT / "specs").glob("*.rec")):
+    for path in paths:
         row = measure(path)
         if row is not None:
             name, fwd_ratio, bwd_ratio, fwd_bytes, bwd_bytes = row

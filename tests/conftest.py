@@ -31,9 +31,9 @@ def _seed() -> None:
 @pytest.fixture(autouse=True)
 def _fast_triton_scan():
     """Triton's interpreter runs tl.associative_scan element by element; every test runs
-    with the vectorised equivalent of tests/triton_interpreter.py (tests that compare the
-    two switch it off themselves)."""
-    from triton_interpreter import fast_scan
+    with the vectorised equivalent of recc.testing.triton_interpreter (tests that compare
+    the two switch it off themselves)."""
+    from recc.testing.triton_interpreter import fast_scan
 
     with fast_scan():
         yield

@@ -4,11 +4,18 @@ arithmetic leaves open (overflow, NaN results, singular derivatives)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
+from recc.analysis import analyze
+from recc.backends.protocol import Options
+from recc.interpreter import run as interpreter_run
 from recc.ir import load
-from recc.testing.agree import compare
-from recc.verify import check
+from recc.signature import bind
+from recc.testing.agree import compare, disagreements
+from recc.verify import check, random_call
 
 NAN, INF = float("nan"), float("inf")
 
@@ -70,3 +77,95 @@ def test_a_real_difference_after_a_nan_output_is_still_found():
     got = t(1.0, NAN, 3.0)
     assert compare("output h", t(1.0, NAN, 3.0), got, 1e-10) is None
     assert compare("output h", t(1.0, NAN, 3.0), t(1.0, NAN, NAN), 1e-10) is not None
+
+
+# --- the narrower checks tests ask for: each only adds to the default one ----------------
+
+MINGRU = Path(__file__).resolve().parent.parent / "specs" / "mingru.rec"
+
+
+def _mingru_call(T: int = 7):
+    rec = load(MINGRU)
+    tensors, init = random_call(rec, positive=True, T=T, seed=2)
+    return rec, analyze(rec), tensors, init
+
+
+def test_elementwise_holds_small_values_to_their_own_size():
+    ref, got = t(1000.0, 1e-3), t(1000.0, 1e-3 + 1e-9)
+    assert compare("output y", ref, got, 1e-10) is None  # 1e-9 is within 1e-10 * 1000
+    d = compare("output y", ref, got, 1e-10, elementwise=(1e-10, 1e-12))
+    assert d is not None and "at [1]" in d.detail and "rtol 1e-10" in d.detail
+    # ...and never passes what the normwise check fails
+    far = t(1000.0, 1e-3 + 1e-6)
+    assert compare("output y", ref, far, 1e-10, elementwise=(1.0, 1.0)) is not None
+    # atol 0 at a zero reference: exact
+    assert compare("output y", t(0.0, 1.0), t(0.0, 1.0), 1e-10, elementwise=(0, 0)) is None
+    assert compare("output y", t(0.0), t(1e-300), 1e-10, elementwise=(1e-10, 0)) is not None
+
+
+def test_a_different_dtype_is_a_disagreement():
+    d = compare("output y", t(1.0), t(1.0).float(), 1e-5)
+    assert d is not None and "dtype torch.float32" in d.detail
+
+
+def test_a_tolerance_can_only_be_tighter():
+    rec, analysis, tensors, init = _mingru_call()
+    assert disagreements(rec, analysis, "torch", tensors, init, tolerance=1e-12) == []
+    with pytest.raises(ValueError, match="looser than agree's 1e-10"):
+        disagreements(rec, analysis, "torch", tensors, init, tolerance=1e-9)
+
+
+def test_a_callable_executor_and_values_only():
+    rec, analysis, tensors, init = _mingru_call()
+    calls = []
+
+    def loop(given, start):  # the interpreter itself, by hand: agrees exactly
+        calls.append(sorted(given))
+        return interpreter_run(rec, bind(rec, given, start))
+
+    assert disagreements(rec, analysis, loop, tensors, init, elementwise=(0, 0)) == []
+    assert calls == [sorted(tensors)]
+
+    def off(given, start):  # one value wrong by 1e-9
+        outputs, finals = interpreter_run(rec, bind(rec, given, start))
+        return {k: v + 1e-9 for k, v in outputs.items()}, finals
+
+    found = disagreements(rec, analysis, off, tensors, init, gradients=False)
+    assert [d.what for d in found] == ["output h"]
+    # values only: no gradient is taken (the executor's results need not be differentiable)
+    detached = disagreements(
+        rec,
+        analysis,
+        lambda g, s: tuple({k: v.detach() for k, v in d.items()} for d in loop(g, s)),
+        tensors,
+        init,
+        gradients=False,
+    )
+    assert detached == []
+
+
+def test_an_executor_missing_a_result_disagrees():
+    rec, analysis, tensors, init = _mingru_call()
+
+    def no_finals(given, start):
+        return interpreter_run(rec, bind(rec, given, start))[0], {}
+
+    found = disagreements(rec, analysis, no_finals, tensors, init)
+    assert [d.what for d in found] == ["results"] and "final state h" in found[0].detail
+
+
+def test_finite_makes_an_open_result_a_disagreement():
+    rec = load(OPEN_BY_IEEE["nan_output"])
+    analysis = analyze(rec)
+    tensors = {"x": torch.randn(1, 3, 2, dtype=torch.float64)}
+    assert disagreements(rec, analysis, "torch", tensors, {}) == []  # IEEE leaves it open
+    found = disagreements(rec, analysis, "torch", tensors, {}, finite=True)
+    assert found and all("not finite" in d.detail for d in found)
+    assert "output o" in [d.what for d in found]
+
+
+def test_options_reach_the_named_backend_only():
+    rec, analysis, tensors, init = _mingru_call()
+    assert disagreements(rec, analysis, "torch", tensors, init, options=Options()) == []
+    with pytest.raises(ValueError, match="options= applies to a named backend"):
+        disagreements(rec, analysis, "auto", tensors, init, options=Options())

@@ -2,7 +2,7 @@
 exactly as the interpreter does (values, NaN / inf positions, final states and every
 gradient, fp64), in every input regime the class admits.
 
-Specs come from tests/strategies.py (their names include Python keywords and the
+Specs come from recc.testing.strategies (their names include Python keywords and the
 generator's own spellings); inputs from recc.testing.regimes (integers for ties, zeros,
 saturating gates, huge and tiny values, infinite starts for MinMax, lengths that are
 no multiple of a chunk or block); the comparison is recc.testing.agree, the one
@@ -15,12 +15,13 @@ from __future__ import annotations
 import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
-from strategies import SLOW, spec_of
 
 from recc.analysis import analyze
 from recc.ir import load
 from recc.testing.agree import disagreements, interpreter_results
 from recc.testing.regimes import regimes_for
+from recc.testing.strategies import spec_of
+from tests.helpers.profiles import SLOW
 
 # Each example generates and runs Triton kernels in the interpreter: shrinking a failure
 # would take many minutes, so failures are reported as found (the spec is printed).

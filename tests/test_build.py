@@ -11,14 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from triton_interpreter import fast_scan  # noqa: E402
-
-from recc.cli import main  # noqa: E402
-from recc.interpreter import run  # noqa: E402
-from recc.ir import load  # noqa: E402
-from recc.signature import bind  # noqa: E402
+from recc.analysis import analyze
+from recc.cli import main
+from recc.interpreter import run
+from recc.ir import load
+from recc.signature import bind
+from recc.testing.agree import disagreements
+from recc.testing.triton_interpreter import fast_scan
 
 SPECS = Path(__file__).parent.parent / "specs"
 
@@ -57,31 +56,36 @@ def test_built_function_matches_the_interpreter(tmp_path, name):
         s.name: torch.rand(2, *(sizes[d] for d in s.dims), generator=g, dtype=torch.float64)
         for s in rec.states
     }
-    leaves = {k: v.clone().requires_grad_() for k, v in {**tensors, **init}.items()}
     function = getattr(module, "".join(p.capitalize() for p in name.split("_")) + "Scan")
     used = [spec_name for _, spec_name in module.ARGUMENTS]
-    args = [leaves[a] for a in used]
-    with fast_scan():
-        results = function.apply(*args)
-    reference = {k: v.detach().clone().requires_grad_() for k, v in leaves.items()}
-    outs, finals = run(
-        rec, bind(rec, {k: reference[k] for k in tensors}, {k: reference[k] for k in init})
-    )
-    want = [*outs.values(), *finals.values()]
-    for got, ref in zip(results, want):
-        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
-    loss = sum((r * (i + 1)).sum() for i, r in enumerate(results))
-    ref_loss = sum((r * (i + 1)).sum() for i, r in enumerate(want))
-    with fast_scan():
-        grads = torch.autograd.grad(loss, args, allow_unused=True)
-    ref_args = [reference[a] for a in used]
-    ref_grads = torch.autograd.grad(ref_loss, ref_args, allow_unused=True)
-    for a, got, ref in zip(used, grads, ref_grads):
-        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-11, msg=a)
+    n_out = len(rec.outputs)
+
+    def built(given, start):  # the module's autograd.Function: outputs, then final states
+        with fast_scan():  # (conftest's fixture also keeps it on for the backward)
+            results = function.apply(*({**given, **start}[a] for a in used))
+        assert len(results) == n_out + len(rec.states)
+        outputs = {o.name: r for o, r in zip(rec.outputs, results[:n_out])}
+        return outputs, {s.name: r for s, r in zip(rec.states, results[n_out:])}
+
+    # recc.testing.agree's comparison, each value also held to (rtol, atol) of its own
+    # size: values and final states to 1e-10, 1e-12, gradients to 1e-9, 1e-11.
+    for gradients, elementwise in ((False, (1e-10, 1e-12)), (True, (1e-9, 1e-11))):
+        found = disagreements(
+            rec,
+            analyze(rec),
+            built,
+            tensors,
+            init,
+            gradients=gradients,
+            elementwise=elementwise,
+            finite=True,
+        )
+        assert not found, "; ".join(map(str, found))
     # the wrapper: CPU tensors take the torch backend
+    outs, _ = run(rec, bind(rec, tensors, init))
     wrapper = getattr(module, name)
     y = wrapper(**tensors, initial_state=init)
-    first = next(iter(outs.values())).detach()
+    first = next(iter(outs.values()))
     torch.testing.assert_close(y[0] if isinstance(y, tuple) else y, first, rtol=1e-10, atol=1e-12)
 
 

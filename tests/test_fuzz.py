@@ -1,4 +1,5 @@
-"""A slice of the fuzz campaign (benchmarks/fuzz.py), in the slow tier.
+"""A slice of the fuzz campaign (recc.testing.fuzz; benchmarks/fuzz.py runs it whole), in
+the slow tier.
 
 Generated and mutated spec texts: each is rejected with a RecError or, if
 accepted, runs on `auto` exactly as the interpreter does (values, NaN/inf
@@ -8,14 +9,9 @@ error, a mismatch or a case past the time limit fails the test with the spec.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-from fuzz import campaign  # noqa: E402
+from recc.testing.fuzz import campaign
 
 
 @pytest.mark.slow

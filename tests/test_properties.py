@@ -10,7 +10,7 @@
 
 Each property runs in two tiers: a fast one (profile "recc-fast") in the
 default test run, and a `slow`-marked copy with many more examples (profile
-"recc-slow", `pytest -m slow`). See tests/strategies.py for the generators.
+"recc-slow", `pytest -m slow`). See recc.testing.strategies for the generators.
 """
 
 from __future__ import annotations
@@ -24,10 +24,15 @@ import pytest
 import torch
 from hypothesis import given, note
 from hypothesis import strategies as st
-from strategies import (
+
+from recc.errors import RecError
+from recc.frontend.parser import parse
+from recc.interpreter import TorchOps
+from recc.ir import Apply, Const, build_ir, load
+from recc.ir.evaluate import step
+from recc.ir.printer import number_to_source, to_source
+from recc.testing.strategies import (
     CLASSES,
-    FAST,
-    SLOW,
     Expected,
     expression_spec,
     mutated_spec,
@@ -36,13 +41,7 @@ from strategies import (
     step_env,
     token_soup,
 )
-
-from recc.errors import RecError
-from recc.frontend.parser import parse
-from recc.interpreter import TorchOps
-from recc.ir import Apply, Const, build_ir, load
-from recc.ir.evaluate import step
-from recc.ir.printer import number_to_source, to_source
+from tests.helpers.profiles import FAST, SLOW
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = sorted((ROOT / "specs").glob("*.rec"))

@@ -2,7 +2,7 @@
 
 Every diagonal and MinMax zoo spec gets a kernel. Under TRITON_INTERPRET=1
 (tests/conftest.py) the kernels run on CPU tensors at tiny shapes, with the
-vectorised interpreter scan of tests/triton_interpreter.py; each must match
+vectorised interpreter scan of recc.testing.triton_interpreter; each must match
 the interpreter (fp64: to round-off; fp32: 1e-5 relative). Every kernel must
 also compile for sm_80 and sm_90 at its default tile sizes with 0 spill
 bytes, and move no more than 1.1x the minimum global bytes.
@@ -11,19 +11,13 @@ bytes, and move no more than 1.1x the minimum global bytes.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):  # pragma: no cover - conftest sets it
     pytest.skip("Triton kernels need TRITON_INTERPRET=1 here (no GPU)", allow_module_level=True)
-
-from triton_interpreter import fast_scan  # noqa: E402
-from triton_traffic import count_traffic  # noqa: E402
 
 import recc  # noqa: E402
 from recc.analysis import analyze  # noqa: E402
@@ -34,6 +28,9 @@ from recc.backends.triton.scan_codegen import Unsupported  # noqa: E402
 from recc.interpreter import run  # noqa: E402
 from recc.ir import load  # noqa: E402
 from recc.signature import bind  # noqa: E402
+from recc.testing.agree import disagreements  # noqa: E402
+from recc.testing.triton_interpreter import fast_scan  # noqa: E402
+from recc.testing.triton_traffic import count_traffic  # noqa: E402
 
 SPECS = sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.rec"))
 
@@ -83,6 +80,22 @@ def _compare(got, want, rtol, atol):
         torch.testing.assert_close(got[name].to(want[name].dtype), want[name], rtol=rtol, atol=atol)
 
 
+def _agrees(rec, analysis, executor, tensors, init, elementwise, gradients):
+    """recc.testing.agree's comparison (`recc check`'s), each value also held to
+    elementwise = (rtol, atol) of its own size."""
+    found = disagreements(
+        rec,
+        analysis,
+        executor,
+        tensors,
+        init,
+        gradients=gradients,
+        elementwise=elementwise,
+        finite=True,
+    )
+    assert not found, "; ".join(map(str, found))
+
+
 def test_every_scan_spec_has_a_kernel():
     scan_specs = {n for n, (_, a, _) in KERNELS.items() if a.kind in ("diagonal", "minmax")}
     assert set(WITH_KERNEL) == scan_specs and len(scan_specs) == 15
@@ -94,11 +107,11 @@ def test_fp64_matches_interpreter(name, T):
     rec, analysis, kernel = KERNELS[name]
     for D in (3, 16):
         tensors, init = _call(rec, T, D, seed=T + D)
-        bound = bind(rec, tensors, init)
-        out_k, fin_k = kernel(bound)
-        out_i, fin_i = run(rec, bound)
-        _compare(out_k, out_i, 1e-10, 1e-12)
-        _compare(fin_k, fin_i, 1e-10, 1e-12)
+
+        def forward(given, start):
+            return kernel(bind(rec, given, start))
+
+        _agrees(rec, analysis, forward, tensors, init, (1e-10, 1e-12), gradients=False)
 
 
 @pytest.mark.parametrize("T", [1, 17, 64])
@@ -107,24 +120,11 @@ def test_fp64_gradients_of_the_generated_backward(name, T):
     """Every input, param and initial state, against autograd through the interpreter."""
     rec, analysis, kernel = KERNELS[name]
     tensors, init = _call(rec, T, 5, seed=T)
-    leaves = {k: v.clone().requires_grad_() for k, v in {**tensors, **init}.items()}
-    out_k, fin_k = triton_scan(
-        rec, analysis, kernel, {k: leaves[k] for k in tensors}, {k: leaves[k] for k in init}
-    )
-    ref = {k: v.detach().clone().requires_grad_() for k, v in leaves.items()}
-    out_i, fin_i = run(rec, bind(rec, {k: ref[k] for k in tensors}, {k: ref[k] for k in init}))
-    g = torch.Generator().manual_seed(2)
-    both = [*zip(out_k.values(), out_i.values()), *zip(fin_k.values(), fin_i.values())]
-    weights = [torch.randn(x.shape, generator=g, dtype=torch.float64) for _, x in both]
-    loss_k = sum((a * w).sum() for (a, _), w in zip(both, weights))
-    loss_i = sum((b * w).sum() for (_, b), w in zip(both, weights))
-    grads_k = torch.autograd.grad(loss_k, list(leaves.values()), allow_unused=True)
-    grads_i = torch.autograd.grad(loss_i, list(ref.values()), allow_unused=True)
-    for key, gk, gi in zip(leaves, grads_k, grads_i):
-        if gi is None:
-            assert gk is None or gk.abs().max() == 0, key
-            continue
-        torch.testing.assert_close(gk, gi, rtol=1e-9, atol=1e-11, msg=lambda m, k=key: f"{k}: {m}")
+
+    def differentiable(given, start):
+        return triton_scan(rec, analysis, kernel, given, start)
+
+    _agrees(rec, analysis, differentiable, tensors, init, (1e-9, 1e-11), gradients=True)
 
 
 @pytest.mark.parametrize("name", WITH_KERNEL)

@@ -1,8 +1,8 @@
 """Triton support code: the interpreter's fast scan and ahead-of-time compile reports.
 
-The kernels (tests/triton_kernels_for_tests.py) run under the CPU interpreter, with the
+The kernels (tests/helpers/triton_kernels.py) run under the CPU interpreter, with the
 interpreter's own element-by-element scan and with the vectorised one from
-tests/triton_interpreter.py; both must match a torch loop and each other. The same kernels are
+recc.testing.triton_interpreter; both must match a torch loop and each other. The same kernels are
 compiled ahead of time for sm_80 and sm_90 (no GPU needed) and must not spill.
 
 TRITON_INTERPRET=1 has to be in the environment before the first ``import triton`` of the
@@ -29,9 +29,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
-import triton_interpreter as ti  # noqa: E402
-import triton_kernels_for_tests as kernels  # noqa: E402
 
+import recc.testing.triton_interpreter as ti  # noqa: E402
 from recc.backends.triton.aot import (  # noqa: E402
     CompileJob,
     KernelCompileError,
@@ -39,6 +38,7 @@ from recc.backends.triton.aot import (  # noqa: E402
     compile_reports,
     max_shared_memory,
 )
+from tests.helpers import triton_kernels as kernels  # noqa: E402
 
 BLOCK_T, BLOCK_D = 32, 16
 D = 20  # two channel blocks, the second one partly masked

@@ -1,8 +1,9 @@
-"""tests/triton_traffic.py: exact global-memory byte counts of tiny interpreted Triton kernels.
+"""recc.testing.triton_traffic: exact global-memory byte counts of tiny interpreted Triton kernels.
 
-The kernels live in tests/triton_traffic_kernels.py. The 1-D launches use n = 100 elements in
-blocks of 32, so 4 programs run and the last one has 28 masked-off lanes, which must not count;
-the tensor-descriptor launch has partial tiles, whose out-of-bounds elements must not count.
+The kernels live in tests/helpers/triton_traffic_kernels.py. The 1-D launches use n = 100
+elements in blocks of 32, so 4 programs run and the last one has 28 masked-off lanes, which must
+not count; the tensor-descriptor launch has partial tiles, whose out-of-bounds elements must not
+count.
 
 TRITON_INTERPRET=1 must be set before the first ``import triton`` of the process (tests/conftest.py
 does that); if Triton was imported earlier without it, these tests are skipped.
@@ -18,9 +19,10 @@ if "triton" not in sys.modules:
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import triton_traffic  # noqa: E402
-import triton_traffic_kernels as k  # noqa: E402
-from triton_traffic import count_traffic  # noqa: E402
+
+import recc.testing.triton_traffic as triton_traffic  # noqa: E402
+from recc.testing.triton_traffic import count_traffic  # noqa: E402
+from tests.helpers import triton_traffic_kernels as k  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not triton_traffic.interpreter_active(),

@@ -1,5 +1,15 @@
-"""Checking executors against the interpreter: input regimes and one comparison.
+"""Checking executors against the interpreter, and the instruments the tests and benchmarks share.
 
-Stage: top level. Used by `recc check` (`recc.verify`), the test suite and
-`benchmarks/fuzz.py`. May import every stage; nothing imports it but those.
+Stage: top level. May import every stage; nothing in recc's runtime imports it but
+`recc check` (`recc.verify`), which uses `agree` and `regimes` only.
+
+  agree               the one comparison with the interpreter (values, final states, gradients)
+  regimes             input regimes a class admits (ties, zeros, huge and tiny values, ...)
+  strategies, fuzz    hypothesis strategies for spec texts, and the fuzz campaign
+                      (benchmarks/fuzz.py, tests/test_fuzz.py); they import hypothesis,
+                      a test extra
+  triton_interpreter  a vectorised scan for Triton's CPU interpreter (a monkeypatch)
+  triton_traffic      a byte counter for kernels under Triton's CPU interpreter (a monkeypatch)
+
+The last two patch private classes of Triton: tests and benchmarks only.
 """

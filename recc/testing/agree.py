@@ -31,6 +31,7 @@ evaluation is more right than another:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,7 @@ def compare(
     got: torch.Tensor,
     tolerance: float,
     singular: bool = False,
+    elementwise: tuple[float, float] | None = None,
 ):
     """The first way `got` differs from `reference`, or None.
 
@@ -81,9 +83,16 @@ def compare(
     Finite values agree when |got - ref| <= tolerance * (scale + 1e-3), with
     `scale` the tensor's largest finite reference magnitude: relative to the
     tensor, with a floor for results that are pure rounding (a gradient that
-    cancels to 0 is 1e-16 in one order of summation, 0 in another)."""
+    cancels to 0 is 1e-16 in one order of summation, 0 in another).
+
+    `elementwise` = (rtol, atol): each finite value must also agree to
+    |got - ref| <= atol + rtol * |ref| (torch.testing.assert_close's rule), a
+    second bound on top of the first, so it can only make the check stricter:
+    for tests that hold small values to more than the tensor's scale."""
     if got.shape != reference.shape:
         return Disagreement(what, f"shape {list(got.shape)}, expected {list(reference.shape)}")
+    if got.dtype != reference.dtype:
+        return Disagreement(what, f"dtype {got.dtype}, expected {reference.dtype}")
     ref, got = reference.detach().double(), got.detach().double()
     if singular:
         same = (torch.isnan(ref) & torch.isinf(got)) | (torch.isinf(ref) & torch.isnan(got))
@@ -113,16 +122,40 @@ def compare(
             f"relative error {worst:.1e} at {at} (interpreter {ref[index].item()!r}, "
             f"got {got[index].item()!r}; tolerance {tolerance:g})",
         )
+    if elementwise is not None:
+        rtol, atol = elementwise
+        bound = atol + rtol * ref.abs()
+        excess = torch.where(finite, (got - ref).abs() - bound, torch.zeros_like(ref))
+        if bool((excess > 0).any()):
+            at = _where(excess == excess.max())
+            index = tuple(at)
+            return Disagreement(
+                what,
+                f"error {abs(got[index].item() - ref[index].item()):.1e} at {at} over "
+                f"atol + rtol * |ref| = {bound[index].item():.1e} (interpreter "
+                f"{ref[index].item()!r}, got {got[index].item()!r}; rtol {rtol:g}, atol {atol:g})",
+            )
     return None
 
 
-def run(rec: Recurrence, analysis: Analysis, backend: str, tensors, init, device=None):
+def run(
+    rec: Recurrence,
+    analysis: Analysis,
+    backend: str | Callable,
+    tensors,
+    init,
+    device=None,
+    options: Options | None = None,
+):
     """(outputs, finals) of one executor on the given tensors (which it may differentiate).
 
-    `backend`: a name of `recc.backends.registry`, or "auto" for the public entry
+    `backend`: a name of `recc.backends.registry`, "auto" for the public entry
     point (`recc.compile(...)`'s callable: the binder, the dispatch and whichever
-    executor it picks). `device`: run there (the tensors are moved, differentiably,
-    and the results brought back)."""
+    executor it picks), or a callable `(tensors, init) -> (outputs, finals)` by
+    name (a backend's parts called directly, e.g. a chunk length or kernel the
+    registry does not choose, or a module `recc build` wrote). `device`: run
+    there (the tensors are moved, differentiably, and the results brought back).
+    `options`: what the named backend is prepared with (default `Options()`)."""
     if device is not None:
         home = {k: v.device for k, v in {**tensors, **init}.items()}
         moved = run(
@@ -131,10 +164,15 @@ def run(rec: Recurrence, analysis: Analysis, backend: str, tensors, init, device
             backend,
             {k: v.to(device) for k, v in tensors.items()},
             {k: v.to(device) for k, v in init.items()},
+            options=options,
         )
         back = next(iter(home.values()), torch.device("cpu"))
         return tuple({k: v.to(back) for k, v in d.items()} for d in moved)
+    if callable(backend):
+        return backend(tensors, init)
     if backend == "auto":
+        if options is not None:
+            raise ValueError("options= applies to a named backend, not to 'auto'")
         from recc.api import CompiledRecurrence
 
         fn = CompiledRecurrence(rec, "auto")
@@ -153,11 +191,13 @@ def run(rec: Recurrence, analysis: Analysis, backend: str, tensors, init, device
     if reason is not None:
         raise ValueError(f"backend {backend!r} declines {rec.name!r}: {reason}")
     bound = bind(rec, tensors, init, check_nan=False)
-    return chosen.prepare(lowering, Options())(Call(bound, tensors, init))
+    return chosen.prepare(lowering, options or Options())(Call(bound, tensors, init))
 
 
-def _results(rec, analysis, backend, tensors, init, seed, device=None):
-    leaves = {k: v.clone().requires_grad_(True) for k, v in {**tensors, **init}.items()}
+def _results(
+    rec, analysis, backend, tensors, init, seed, device=None, options=None, gradients=True
+):
+    leaves = {k: v.clone().requires_grad_(gradients) for k, v in {**tensors, **init}.items()}
     outputs, finals = run(
         rec,
         analysis,
@@ -165,9 +205,12 @@ def _results(rec, analysis, backend, tensors, init, seed, device=None):
         {k: leaves[k] for k in tensors},
         {k: leaves[k] for k in init},
         device,
+        options,
     )
     named = [(f"output {k}", v) for k, v in outputs.items()]
     named += [(f"final state {k}", v) for k, v in finals.items()]
+    if not gradients:
+        return [(what, value.detach()) for what, value in named]
     g = torch.Generator().manual_seed(seed + 1)
     loss = sum(
         (r * torch.randn(r.shape, generator=g, dtype=torch.float64).to(r.dtype)).sum()
@@ -187,13 +230,19 @@ def _results(rec, analysis, backend, tensors, init, seed, device=None):
 def disagreements(
     rec: Recurrence,
     analysis: Analysis,
-    backend: str,
+    backend: str | Callable,
     tensors: dict[str, torch.Tensor],
     init: dict[str, torch.Tensor],
     seed: int = 0,
     reference=None,
     until_overflow: bool = False,
     device=None,
+    *,
+    options: Options | None = None,
+    gradients: bool = True,
+    tolerance: float | None = None,
+    elementwise: tuple[float, float] | None = None,
+    finite: bool = False,
 ) -> list[Disagreement]:
     """How `backend` differs from the interpreter on one call (empty: it agrees).
 
@@ -205,12 +254,35 @@ def disagreements(
     another (a scan and the loop reach inf at different steps, and inf - inf is
     NaN). Any call of finite values into a spec that writes no `inf` is treated
     so once the interpreter's results hold an inf. `device`: where `backend` runs
-    (default: where the tensors are)."""
-    if reference is None:
-        reference = interpreter_results(rec, analysis, tensors, init, seed)
-    candidate = _results(rec, analysis, backend, tensors, init, seed, device)
+    (default: where the tensors are). `backend`, `options`: as `run` takes them.
+
+    For tests that check more narrowly; none can make the check looser:
+    `gradients=False`: values and final states only (`reference` then holds no
+    gradients either). `tolerance`: a normwise tolerance below TOLERANCE's for the
+    dtype (a larger one is a ValueError). `elementwise` = (rtol, atol): a bound
+    on each value besides the normwise one (see `compare`). `finite`: the
+    interpreter's results and gradients must all be finite (a call whose
+    results IEEE leaves open is then itself a disagreement, not skipped)."""
     dtype = next(iter(tensors.values())).dtype
-    tolerance = TOLERANCE.get(dtype, 1e-2)
+    default = TOLERANCE.get(dtype, 1e-2)
+    if tolerance is None:
+        tolerance = default
+    elif not 0 <= tolerance <= default:
+        raise ValueError(
+            f"tolerance={tolerance:g} is looser than agree's {default:g} for {dtype}; "
+            "a test may only tighten the comparison"
+        )
+    if reference is None:
+        reference = interpreter_results(rec, analysis, tensors, init, seed, gradients)
+    if finite:
+        open_ = [what for what, v in reference if not bool(torch.isfinite(v).all())]
+        if open_:
+            return [Disagreement(what, "the interpreter's result is not finite") for what in open_]
+    candidate = _results(rec, analysis, backend, tensors, init, seed, device, options, gradients)
+    names = [what for what, _ in candidate]
+    if names != [what for what, _ in reference]:  # e.g. a callable executor's own names
+        expected = [what for what, _ in reference]
+        return [Disagreement("results", f"{names}, expected {expected}")]
     results = [v for what, v in reference if not what.startswith("gradient")]
     if not until_overflow and finite_call(rec, tensors, init):
         until_overflow = any(bool(torch.isinf(v).any()) for v in results)
@@ -225,7 +297,7 @@ def disagreements(
             ref, got = ref[:, :stop], got[:, :stop]
         if gradient and nan_results:
             continue
-        d = compare(what, ref, got, tolerance, singular=gradient)
+        d = compare(what, ref, got, tolerance, singular=gradient, elementwise=elementwise)
         if d is not None:
             found.append(d)
     return found
@@ -265,8 +337,8 @@ def _first_overflow(reference) -> int | None:
     return min(steps) if steps else None
 
 
-def interpreter_results(rec, analysis, tensors, init, seed: int = 0):
-    return _results(rec, analysis, "interpreter", tensors, init, seed)
+def interpreter_results(rec, analysis, tensors, init, seed: int = 0, gradients: bool = True):
+    return _results(rec, analysis, "interpreter", tensors, init, seed, gradients=gradients)
 
 
 def device_for(backend: str, lowering) -> tuple[torch.device | None, str | None]:

@@ -11,7 +11,7 @@ Only meaningful under Triton's CPU interpreter (TRITON_INTERPRET=1 set before th
 compiled kernel would run without passing through the hooks and every count would silently be 0.
 This module monkeypatches private methods of ``triton.runtime.interpreter.InterpreterBuilder``
 and is tied to the Triton version (written against Triton 3.9); it fails loudly if a hook point
-has moved. It must never be used by the library.
+has moved. Only tests and benchmarks import it; nothing in recc's runtime may.
 
 How it hooks the interpreter
 ----------------------------
@@ -195,7 +195,7 @@ def _install() -> None:
 
         raise RuntimeError(
             f"triton {triton.__version__}: triton.runtime.interpreter.InterpreterBuilder or its "
-            f"methods {missing} are gone; tests/triton_traffic.py must be updated"
+            f"methods {missing} are gone; recc/testing/triton_traffic.py must be updated"
         )
     orig = {n: getattr(builder_cls, n) for n in _HOOKED}
 

@@ -20,7 +20,7 @@ fast paths of the interpreter are not affected.
 
 This is a test accelerator only: it monkeypatches a private class of Triton's interpreter (so
 it is tied to the Triton version; `install_fast_scan` fails loudly if the hook point moved) and
-must never be used by the library.
+only tests and benchmarks import it; nothing in recc's runtime may.
 
 Interpreter mode is fixed at the first ``import triton``
 ----------------------------------------------------------
