@@ -221,7 +221,7 @@ def print_step(rec: Recurrence, module: Namespace, name: str) -> list[str]:
         f"def {name}({', '.join(names[n] for _, n in params)}):",
         f'    """One step of `{docstring_text(rec.name)}`, as recc\'s interpreter runs it: '
         "the lets, then",
-        "    every update from the old states, then the outputs from the new states.\"\"\"",
+        '    every update from the old states, then the outputs from the new states."""',
     ]
     printer = _Printer(names, like)
     for let in rec.lets:
@@ -259,7 +259,7 @@ def print_last_step(rec: Recurrence, states: tuple[str, ...], module: Namespace,
         f"def {name}({', '.join(names[n] for _, n in params)}):",
         f'    """The updates of {", ".join(docstring_text(s) for s in states)} at the last step: '
         "states nothing reads,",
-        "    seen only as final states (their earlier values reach nothing).\"\"\"",
+        '    seen only as final states (their earlier values reach nothing)."""',
     ]
     printer = _Printer(names, like)
     for let in rec.lets:

@@ -179,8 +179,14 @@ def build_module(spec: Recurrence, analysis: Analysis, kernels: bool = True) -> 
         ),
         f"Call `{docstring_text(wrapper)}(**tensors, initial_state=None, "
         'output_final_state=False, check_nan=True, backend="auto")`:',
-        '"auto" runs the Triton kernels on CUDA tensors and the torch path elsewhere;',
-        '"triton" (CPU tensors only under TRITON_INTERPRET=1) and "torch" choose.',
+        *(
+            [
+                '"auto" runs the Triton kernels on CUDA tensors and the torch path elsewhere;',
+                '"triton" (CPU tensors only under TRITON_INTERPRET=1) and "torch" choose.',
+            ]
+            if plan is not None
+            else ['"auto" and "torch" run the torch path on any device ("triton": a RecError).']
+        ),
         "The torch path is a sequential loop over time (the step printed below, as recc's",
         "interpreter runs it): correct and differentiable by torch autograd, not fast.",
         "The computation runs in fp64 if any tensor is fp64, else in fp32. The spec:",
@@ -290,33 +296,46 @@ def _wrapper_lines(spec, rec, plan, wrapper, cls, step_fn, last_fn, unread) -> l
         f"{', '.join(i.name for i in spec.inputs)} as [B, T, (H), ...]",
         f"    and params {', '.join(p.name for p in spec.params) or '(none)'} as declared; "
         "initial states [B, (H), ...].",
-        '    backend="auto": the Triton kernels on CUDA tensors, the torch loop elsewhere;',
-        '    "triton" or "torch" to choose. Returns the output(s), and the final state(s)',
+        (
+            '    backend="auto": the Triton kernels on CUDA tensors, the torch loop elsewhere;'
+            if plan is not None
+            else '    backend="auto" or "torch": the torch loop (the module has no Triton kernels);'
+        ),
+        '    "triton" or "torch" to choose. Returns the output(s), and the final state(s)'
+        if plan is not None
+        else "    Returns the output(s), and the final state(s)",
         "    if asked. A call that does not fit raises RecError, saying how to fix it.",
         '    """',
         "    check_flags(RecError, output_final_state=output_final_state, check_nan=check_nan)",
         "    bound = bind(SIGNATURE, tensors, initial_state, check_nan, FINITE_STATES)",
+    ]
+    if plan is None:
+        return lines + [
+            "    choose_backend(backend, bound.device, NO_KERNELS, RecError)  # torch: no kernels",
+            f"    outputs, finals = run_steps({step_fn}, SIGNATURE, bound)",
+            "    return results(SIGNATURE, outputs, finals, output_final_state)",
+        ]
+    lines += [
         '    if choose_backend(backend, bound.device, NO_KERNELS, RecError) == "torch":',
         f"        outputs, finals = run_steps({step_fn}, SIGNATURE, bound)",
     ]
-    if plan is not None:
+    lines += [
+        "    else:",
+        "        given = initial_states(SIGNATURE, initial_state)",
+        "        leaves = [",
+        '            tensors[name] if kind != "state" else given.get(name, '
+        "bound.initial_state[name])",
+        "            for kind, name in ARGUMENTS",
+        "        ]",
+        f"        outputs, finals = split_results(PLAN, {cls}.apply(*leaves))",
+    ]
+    if unread:
         lines += [
-            "    else:",
-            "        given = initial_states(SIGNATURE, initial_state)",
-            "        leaves = [",
-            '            tensors[name] if kind != "state" else given.get(name, '
-            "bound.initial_state[name])",
-            "            for kind, name in ARGUMENTS",
-            "        ]",
-            f"        outputs, finals = split_results(PLAN, {cls}.apply(*leaves))",
+            "        # read by no step: the final is the update at the last step, as the "
+            "loop has it",
+            f"        finals.update(last_step({last_fn}, {_literal(tuple(unread))}, "
+            "SIGNATURE, bound))",
         ]
-        if unread:
-            lines += [
-                "        # read by no step: the final is the update at the last step, as the "
-                "loop has it",
-                f"        finals.update(last_step({last_fn}, {_literal(tuple(unread))}, "
-                "SIGNATURE, bound))",
-            ]
     lines.append("    return results(SIGNATURE, outputs, finals, output_final_state)")
     return lines
 
