@@ -178,7 +178,8 @@ def build_module(spec: Recurrence, analysis: Analysis, kernels: bool = True) -> 
             else f" No Triton kernels ({docstring_text(str(no_kernels))})."
         ),
         f"Call `{docstring_text(wrapper)}(**tensors, initial_state=None, "
-        'output_final_state=False, check_nan=True, backend="auto")`:',
+        "output_final_state=False,",
+        '    check_nan=True, backend="auto")`:',
         *(
             [
                 '"auto" runs the Triton kernels on CUDA tensors and the torch path elsewhere;',
