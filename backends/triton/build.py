@@ -177,8 +177,7 @@ def build_module(spec: Recurrence, analysis: Analysis, kernels: bool = True) -> 
             if plan is not None
             else f" No Triton kernels ({docstring_text(str(no_kernels))})."
         ),
-        f"Call `{docstring_text(wrapper)}(**tensors, initial_state=None, "
-        "output_final_state=False,",
+        f"Call `{docstring_text(wrapper)}(**tensors, initial_state=None, output_final_state=False,",
         '    check_nan=True, backend="auto")`:',
         *(
             [
