@@ -17,7 +17,7 @@ from recc.lowering import LoweringPlan
 class InterpreterBackend:
     name = "interpreter"
     summary = "the reference loop, one step after another, any device"
-    builds = False
+    builds = True  # a module with the loop printed as torch, for the classes Triton lacks
 
     def supports(
         self, plan: LoweringPlan, device: torch.device | None = None, auto: bool = False
@@ -33,7 +33,11 @@ class InterpreterBackend:
         return run
 
     def build(self, plan: LoweringPlan) -> str:
-        raise NotImplementedError("the interpreter writes no module")
+        """The `recc build` module without Triton kernels: the step printed as torch,
+        looped over time (`recc.backends.triton.build`, `kernels=False`)."""
+        from recc.backends.triton.build import build_module
+
+        return build_module(plan.spec, plan.analysis, kernels=False)
 
     def details(self, plan: LoweringPlan) -> list[str]:
         return []

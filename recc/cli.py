@@ -104,8 +104,13 @@ def build(path: str, out_dir: str) -> None:
         target = _write_module(Path(out_dir), rec.name, source)
         click.echo(explain_text(lowering))
         click.echo(
-            f"\nwrote {target} ({len(source.splitlines())} lines): Triton forward and "
-            f"backward kernels, autograd Function, and `{rec.name}(...)`"
+            f"\nwrote {target} ({len(source.splitlines())} lines): "
+            + (
+                "Triton forward and backward kernels, autograd Function, "
+                if "\nNO_KERNELS = None\n" in source
+                else "no Triton kernels (the torch loop only), "
+            )
+            + f"`{rec.name}(...)`; it runs with torch and triton alone"
         )
     except RecError as err:
         click.echo(str(err), err=True)
