@@ -21,7 +21,6 @@ under torch.compile.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -33,7 +32,7 @@ from recc.analysis.rewrite import state_dependent_lets
 from recc.interpreter import TorchOps, last_step
 from recc.ir.evaluate import align, evaluate
 from recc.ir.nodes import Expr, Recurrence
-from recc.lowering.algebra import Algebra, affine, apply_function, combine_function, minmax
+from recc.lowering.algebra import affine, minmax
 from recc.signature import Bound
 
 INF = float("inf")
@@ -147,7 +146,7 @@ class _Scan:
         new = {}
         for algebra, names, m in zip(self.algebras, self.groups, maps):
             xs = {x: states[n] for x, n in zip(algebra.components, names)}
-            values = _applied(algebra, tuple(m))(m, xs)
+            values = algebra.apply_for(tuple(m))(m, xs)
             for x, n in zip(algebra.components, names):
                 # a state whose update reads nothing and injects nothing is 0
                 new[n] = values[x] if x in values else torch.zeros_like(states[n])
@@ -156,7 +155,7 @@ class _Scan:
     def compose(self, first, then):
         """The map `then` after `first`."""
         return [
-            _combined(algebra, tuple(m1), tuple(m2))(m1, m2)
+            algebra.combine_for(tuple(m1), tuple(m2))(m1, m2)
             for algebra, m1, m2 in zip(self.algebras, first, then)
         ]
 
@@ -175,17 +174,6 @@ def _where(valid, x, identity: float, shape, dtype, absent: float = 0.0) -> torc
         x = torch.full((), absent, dtype=dtype, device=valid.device)
     fill = torch.full((), identity, dtype=dtype, device=valid.device)
     return torch.broadcast_to(torch.where(mask, x, fill), shape)
-
-
-@functools.cache
-def _combined(algebra: Algebra, first: tuple[str, ...], then: tuple[str, ...]):
-    """The algebra's combine for maps with these slots, as a function of tensors."""
-    return combine_function(algebra, frozenset(first), frozenset(then))
-
-
-@functools.cache
-def _applied(algebra: Algebra, present: tuple[str, ...]):
-    return apply_function(algebra, frozenset(present))
 
 
 def _unbind_steps(tree, L: int) -> list:

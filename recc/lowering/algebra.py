@@ -70,6 +70,22 @@ class Algebra:
     combine: dict[str, Expr] = field(compare=False)  # slot -> IR over operand(slot, 1|2)
     components: tuple[str, ...] = ()  # the state's components x_i, for `apply`
     apply: dict[str, Expr] = field(default_factory=dict, compare=False)  # x_i -> IR
+    # torch functions built so far, by slot pattern (see `combine_for`, `apply_for`)
+    functions: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def combine_for(self, first: tuple[str, ...], second: tuple[str, ...]):
+        """`f(m1, m2)` for maps with these slots (built once per pattern)."""
+        key = ("combine", first, second)
+        if key not in self.functions:
+            self.functions[key] = combine_function(self, frozenset(first), frozenset(second))
+        return self.functions[key]
+
+    def apply_for(self, present: tuple[str, ...]):
+        """`f(m, x)` for a map with these slots (built once per pattern)."""
+        key = ("apply", present)
+        if key not in self.functions:
+            self.functions[key] = apply_function(self, frozenset(present))
+        return self.functions[key]
 
     def specialize_combine(
         self, present_first: frozenset[str], present_second: frozenset[str]
@@ -96,8 +112,31 @@ class Algebra:
 # ---- the algebras -------------------------------------------------------------
 
 
+_MADE: dict[tuple, Algebra] = {}  # each algebra built once, so its `functions` persist
+
+
+def _once(key: tuple, make: Callable[[], Algebra]) -> Algebra:
+    if key not in _MADE:
+        _MADE[key] = make()
+    return _MADE[key]
+
+
 def affine(k: int) -> Algebra:
     """h -> A h + b on k coupled components: (A2 A1, A2 b1 + b2)."""
+    return _once(("affine", k), lambda: _affine(k))
+
+
+def pair(k: int) -> Algebra:
+    """u -> (R u + r, S u + s), composed (see `_pair`)."""
+    return _once(("pair", k), lambda: _pair(k))
+
+
+def minmax(semiring: str) -> Algebra:
+    """max(min(h, a), b), max(h + a, b) or min(h + a, b) (see `_minmax`)."""
+    return _once(("minmax", semiring), lambda: _minmax(semiring))
+
+
+def _affine(k: int) -> Algebra:
     a = [f"a_{i}{j}" for i in range(k) for j in range(k)]
     b = [f"b_{i}" for i in range(k)]
 
@@ -124,7 +163,7 @@ def affine(k: int) -> Algebra:
     return Algebra("affine", (*a, *b), {s: ZERO for s in (*a, *b)}, identity, combine, xs, apply)
 
 
-def pair(k: int) -> Algebra:
+def _pair(k: int) -> Algebra:
     """u -> (R u + r, S u + s), composed: (R2 S1, S2 S1, R2 s1 + r2, S2 s1 + s2).
 
     The diagonal backward's reverse scan: g_t = R u + r and u_t = S u + s of
@@ -158,7 +197,7 @@ def pair(k: int) -> Algebra:
     return Algebra("pair", slots, {s: ZERO for s in slots}, identity, combine)
 
 
-def minmax(semiring: str) -> Algebra:
+def _minmax(semiring: str) -> Algebra:
     """max(min(h, a), b) ("max-min"), max(h + a, b) ("max-plus"), min(h + a, b)
     ("min-plus"), composed in closed form."""
     a1, b1, a2, b2 = (_ref(n) for n in ("a1", "b1", "a2", "b2"))
