@@ -104,37 +104,38 @@ def ungrouped(text: str) -> str:
     return text
 
 
-def _split_comment(text: str) -> tuple[str, str]:
-    """(code, comment) of a line, the comment with its `#`; strings respected."""
-    quote = None
+def _outside_strings(text: str):
+    """(position, character, bracket depth before it) of every character outside
+    string literals."""
+    depth, quote = 0, None
     for i, ch in enumerate(text):
         if quote:
             if ch == quote:
                 quote = None
-        elif ch in "'\"":
+            continue
+        if ch in "'\"":
             quote = ch
-        elif ch == "#":
+            continue
+        yield i, ch, depth
+        depth += (ch in _OPEN) - (ch in _CLOSE)
+
+
+def _split_comment(text: str) -> tuple[str, str]:
+    """(code, comment) of a line, the comment with its `#`; strings respected."""
+    for i, ch, _ in _outside_strings(text):
+        if ch == "#":
             return text[:i].rstrip(), text[i:]
     return text, ""
 
 
 def _pairs(code: str) -> list[tuple[int, int]]:
     """The outermost bracket pairs of `code` (positions of the opening and closing)."""
-    pairs, depth, start, quote = [], 0, 0, None
-    for i, ch in enumerate(code):
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-        elif ch in _OPEN:
-            if depth == 0:
-                start = i
-            depth += 1
-        elif ch in _CLOSE:
-            depth -= 1
-            if depth == 0:
-                pairs.append((start, i))
+    pairs, start = [], 0
+    for i, ch, depth in _outside_strings(code):
+        if ch in _OPEN and depth == 0:
+            start = i
+        elif ch in _CLOSE and depth == 1:
+            pairs.append((start, i))
     return pairs
 
 
@@ -153,24 +154,11 @@ def _split_assignment(code: str) -> tuple[str | None, str]:
 
 def _split_top_level(body: str, sep: str = ",") -> list[str]:
     """`body` split at `sep` outside brackets and strings (a trailing one dropped)."""
-    parts, depth, quote, start, i = [], 0, None, 0, 0
-    while i < len(body):
-        ch = body[i]
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-        elif ch in _OPEN:
-            depth += 1
-        elif ch in _CLOSE:
-            depth -= 1
-        elif depth == 0 and body.startswith(sep, i):
+    parts, start = [], 0
+    for i, _, depth in _outside_strings(body):
+        if depth == 0 and i >= start and body.startswith(sep, i):
             parts.append(body[start:i].strip())
-            i += len(sep)
-            start = i
-            continue
-        i += 1
+            start = i + len(sep)
     last = body[start:].strip()
     if last:
         parts.append(last)

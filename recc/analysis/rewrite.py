@@ -207,6 +207,13 @@ def lets_read_by_updates(rec: Recurrence) -> set[str]:
     return needed
 
 
+def _leaves(rec: Recurrence) -> dict[str, Any]:
+    """Every input and param (dims read as values too) as a reference to itself."""
+    env: dict[str, Any] = {d.name: Ref(d.dims, d.name, INPUT) for d in rec.inputs}
+    env.update({d.name: Ref(d.dims, d.name, PARAM) for d in rec.value_params()})
+    return env
+
+
 def substitute(rec: Recurrence, expr: Expr, bindings: dict[str, Expr]) -> Expr:
     """`expr` with names replaced by `bindings`; dependent lets are inlined."""
     return substitute_all(rec, [expr], bindings)[0]
@@ -214,11 +221,7 @@ def substitute(rec: Recurrence, expr: Expr, bindings: dict[str, Expr]) -> Expr:
 
 def substitute_all(rec: Recurrence, exprs: list[Expr], bindings: dict[str, Expr]) -> list[Expr]:
     """`substitute` for several expressions, the lets evaluated once."""
-    env: dict[str, Any] = {}
-    for decl in rec.inputs:
-        env[decl.name] = Ref(decl.dims, decl.name, INPUT)
-    for decl in rec.value_params():
-        env[decl.name] = Ref(decl.dims, decl.name, PARAM)
+    env = _leaves(rec)
     for s in rec.states:
         env[s.name] = Ref(s.dims, s.name, STATE)
     dependent = state_dependent_lets(rec, set(bindings))
@@ -239,11 +242,7 @@ def readouts_at_old_states(rec: Recurrence, old: Callable[[StateDecl], Expr]) ->
     one). An output that reads no state-dependent let is returned as written."""
     names = {s.name for s in rec.states}
     dependent = state_dependent_lets(rec, names)
-    env: dict[str, Any] = {}
-    for decl in rec.inputs:
-        env[decl.name] = Ref(decl.dims, decl.name, INPUT)
-    for decl in rec.value_params():
-        env[decl.name] = Ref(decl.dims, decl.name, PARAM)
+    env = _leaves(rec)
     for s in rec.states:
         env[s.name] = old(s)
     ops = ExprOps()
