@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from recc.backends.triton.names import Namespace, comment_text, docstring_text
+from recc.backends.names import Namespace, comment_text, docstring_text
 from recc.errors import Span
 from recc.ir.nodes import Apply, Const, Expr, Recurrence, Ref, walk
 

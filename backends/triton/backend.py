@@ -10,13 +10,13 @@ and keeps them for `prepare`.
 
 from __future__ import annotations
 
-import os
 import weakref
 from typing import Any
 
 import torch
 
 from recc.backends.protocol import Call, Options
+from recc.backends.triton.runtime import interpreted
 from recc.lowering import LoweringPlan
 from recc.lowering.plan import SCAN
 
@@ -24,11 +24,6 @@ _NO_DEVICE = (
     "needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before triton is "
     "imported: Triton's interpreter, for testing)"
 )
-
-
-def interpreted() -> bool:
-    """Triton runs CPU tensors through its interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 class TritonBackend:

@@ -37,11 +37,11 @@ from pathlib import Path
 from recc import binding
 from recc.analysis.classify import linear_states
 from recc.analysis.forms import Analysis
+from recc.backends.names import Namespace, docstring_text
 from recc.backends.torch.printer import MODULE_NAMES as PRINTED_NAMES
 from recc.backends.torch.printer import print_last_step, print_step
 from recc.backends.triton import runtime
 from recc.backends.triton.launch import plan_data
-from recc.backends.triton.names import Namespace, docstring_text
 from recc.backends.triton.scan_codegen import (
     MODULE_NAMES,
     Unsupported,

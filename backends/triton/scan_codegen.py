@@ -54,7 +54,7 @@ from recc.analysis.classify import analyze
 from recc.analysis.forms import Analysis, DiagonalBlock, DiagonalForm, MinMaxForm
 from recc.analysis.liveness import states_read, unread_states, without_states
 from recc.analysis.rewrite import mentions, readouts_at_old_states, state_dependent_lets
-from recc.backends.triton.names import Namespace, comment_text, docstring_text
+from recc.backends.names import Namespace, comment_text, docstring_text
 from recc.backends.triton.tile import (
     HELPERS,
     NAN,

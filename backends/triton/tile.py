@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from recc.analysis.rewrite import ExprOps, NotCanonical
-from recc.backends.triton.names import Namespace
+from recc.backends.names import Namespace
 from recc.ir.evaluate import evaluate
 from recc.ir.nodes import Apply, Const, Dims, Expr, Ref, walk
 from recc.ir.ops import ELEMENTWISE, OPS

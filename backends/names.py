@@ -1,15 +1,15 @@
 """Every identifier of a generated module, handed out in one place.
 
-Stage: backend (triton). A spec may name its tensors anything the grammar
-allows: `lambda`, `None`, `tl`, `T`, `h_carry`, `_t2`, `i_b`, ... Generated
-code is Python, and the generator has names of its own (`tl`, `i_b`, `T`,
-`{state}_carry`, `_t1`, `BLOCK_D`, ...), so no identifier is written by
-pasting strings together: each is asked of a `Namespace` under a key saying
-what it stands for, with a preferred spelling. The first to ask gets the
-spelling; a later one that would collide (with a Python keyword or builtin,
-a module-level name, or an earlier identifier) gets `spelling_2`, `_3`, ...
-The same key always gets the same identifier, so the forward and backward
-kernels and the launcher agree.
+Stage: backends (every printer's: the Triton kernels, the torch step). A spec
+may name its tensors anything the grammar allows: `lambda`, `None`, `tl`, `T`,
+`h_carry`, `_t2`, `i_b`, ... Generated code is Python, and the generator has
+names of its own (`tl`, `i_b`, `T`, `{state}_carry`, `_t1`, `BLOCK_D`, ...),
+so no identifier is written by pasting strings together: each is asked of a
+`Namespace` under a key saying what it stands for, with a preferred spelling.
+The first to ask gets the spelling; a later one that would collide (with a
+Python keyword or builtin, a module-level name, or an earlier identifier) gets
+`spelling_2`, `_3`, ... The same key always gets the same identifier, so the
+forward and backward kernels and the launcher agree.
 
 Text from the spec that lands in generated source (the docstring, comments
 citing spec lines) goes through `docstring_text` / `comment_text`.
