@@ -9,6 +9,7 @@ the first backend that accepts the call's device.
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,21 @@ def test_every_backend_is_named_once_and_the_reference_accepts_everything() -> N
     assert REFERENCE.name == NAMES[-1]
     for path in SPECS:
         assert REFERENCE.supports(recc.compile(path).plan, CPU, auto=True) is None
+
+
+def test_the_front_ends_import_no_module_of_a_particular_backend() -> None:
+    """api, check, explain and the CLI reach backends through the registry only."""
+    root = Path(__file__).parent.parent / "recc"
+    allowed = {"recc.backends.registry", "recc.backends.protocol"}
+    for name in ("api.py", "verify.py", "report.py", "cli.py", "testing/agree.py"):
+        tree = ast.parse((root / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            else:
+                continue
+            for module in modules:
+                if module.startswith("recc.backends"):
+                    assert module in allowed, f"recc/{name} imports {module}"
