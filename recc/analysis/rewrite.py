@@ -214,6 +214,18 @@ def _leaves(rec: Recurrence) -> dict[str, Any]:
     return env
 
 
+def _with_lets(rec: Recurrence, env: dict[str, Any], dependent: set[str]) -> ExprOps:
+    """Bind every let in `env`: a dependent one written out, the others as references
+    to themselves. Returns the evaluator used, for the expressions that follow."""
+    ops = ExprOps()
+    for let in rec.lets:
+        if let.name in dependent:
+            env[let.name] = evaluate(let.expr, env, ops)
+        else:
+            env[let.name] = Ref(let.expr.dims, let.name, LET)
+    return ops
+
+
 def substitute(rec: Recurrence, expr: Expr, bindings: dict[str, Expr]) -> Expr:
     """`expr` with names replaced by `bindings`; dependent lets are inlined."""
     return substitute_all(rec, [expr], bindings)[0]
@@ -226,12 +238,7 @@ def substitute_all(rec: Recurrence, exprs: list[Expr], bindings: dict[str, Expr]
         env[s.name] = Ref(s.dims, s.name, STATE)
     dependent = state_dependent_lets(rec, set(bindings))
     env.update(bindings)
-    ops = ExprOps()
-    for let in rec.lets:
-        if let.name in dependent:
-            env[let.name] = evaluate(let.expr, env, ops)
-        else:
-            env[let.name] = Ref(let.expr.dims, let.name, LET)
+    ops = _with_lets(rec, env, dependent)
     return [evaluate(expr, env, ops) for expr in exprs]
 
 
@@ -245,12 +252,7 @@ def readouts_at_old_states(rec: Recurrence, old: Callable[[StateDecl], Expr]) ->
     env = _leaves(rec)
     for s in rec.states:
         env[s.name] = old(s)
-    ops = ExprOps()
-    for let in rec.lets:
-        if let.name in dependent:
-            env[let.name] = evaluate(let.expr, env, ops)
-        else:
-            env[let.name] = Ref(let.expr.dims, let.name, LET)
+    ops = _with_lets(rec, env, dependent)
     for s in rec.states:
         env[s.name] = Ref(s.dims, s.name, STATE)
     return [
