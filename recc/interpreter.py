@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from recc.ir.evaluate import align, evaluate, step
-from recc.ir.nodes import Apply, Const, Recurrence, Ref, walk
+from recc.ir.nodes import Apply, Const, Recurrence, Ref, embed, walk
 from recc.ir.ops import ELEMENTWISE as ELEMENTWISE_OPS
 from recc.ir.ops import INTERNAL, OPS
 from recc.signature import Bound
@@ -67,6 +67,15 @@ class TorchOps:
             return args[0].sum(dim=tuple(range(-k, 0))) if k else args[0]
         if op == "transpose":
             return args[0].transpose(-1, -2)
+        if op == "sum_to":  # over the trailing dims the node lacks
+            (x,), dims = args, node.args[0].dims
+            keep = embed(node.dims, dims)
+            lacking = [i - len(dims) for i in range(len(dims)) if i not in keep]
+            return x.sum(dim=tuple(lacking)) if lacking else x
+        if op == "sum_steps":  # over every leading axis: the steps (and batch) evaluated
+            (x,) = args
+            lead = x.dim() - len(node.dims)
+            return x.sum(dim=tuple(range(lead))) if lead > 0 else x
         raise AssertionError(f"unknown op {op}")  # pragma: no cover
 
 

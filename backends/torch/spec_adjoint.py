@@ -9,9 +9,13 @@ follows the wrong operand. So the values come from the fast scan, and the
 backward differentiates the spec's own update, evaluated at every step at once
 from the scanned states (the old state of step t is the new state of step t - 1):
 
-  rho_t   = d f(s_{t-1}, x_t) / d s_{t-1}       (0 or 1; autograd on the update)
+  rho_t   = d f(s_{t-1}, x_t) / d s_{t-1}       (0 or 1: the IR's vjp of the update)
   g_t     = dL/ds_t + [rho_{t+1}] g_{t+1}       (a reverse scan of selections)
   grads   = vjp of f(s_{t-1}, x_t) with cotangent g_t, all t at once
+
+Both vjps come from recc.ir.autodiff, the engine whose expressions the Triton
+backward prints: the routing is written once, evaluated here on every step's
+tensors by the interpreter's TorchOps.
 
 Selections, not products: a NaN cotangent of a step the state does not flow
 through stays out of the earlier steps, as in autograd through the loop.
@@ -27,8 +31,9 @@ import torch
 from recc.analysis.forms import Analysis
 from recc.backends.torch import scan as chunked
 from recc.interpreter import TorchOps
+from recc.ir.autodiff import COTANGENT, vjp
 from recc.ir.evaluate import evaluate
-from recc.ir.nodes import Recurrence
+from recc.ir.nodes import Const, Recurrence, Ref
 from recc.signature import Bound
 
 
@@ -102,54 +107,61 @@ class _ScanWithSpecGradients(torch.autograd.Function):
     def backward(ctx, *d_history: torch.Tensor):
         rec, _, bound, _, names = ctx.context
         saved = ctx.saved_tensors
-        leaves = [x.detach().requires_grad_() for x in saved[: len(names)]]
-        states = dict(zip([s.name for s in rec.states], saved[len(names) :]))
+        leaves = saved[: len(names)]
+        order = [s.name for s in rec.states]
         inner = _rebind(bound, names, leaves)
-        with torch.enable_grad():
-            old = {
-                k: v.detach().requires_grad_() for k, v in _old_states(rec, inner, states).items()
-            }
-            new = _spec_update(rec, inner, old)
-            order = [s.name for s in rec.states]
-            # each state's update reads only that state (a diagonal Jacobian): one
-            # vector-Jacobian product with ones gives every step's 0/1 routing
-            rho = torch.autograd.grad(
-                [new[n] for n in order],
-                [old[n] for n in order],
-                [torch.ones_like(new[n]) for n in order],
-                retain_graph=True,
-                allow_unused=True,
-            )
-            cotangents = []
-            for n, r, d in zip(order, rho, d_history):
-                d = torch.zeros_like(new[n]) if d is None else d
-                keep = torch.zeros_like(d, dtype=torch.bool) if r is None else r != 0
-                cotangents.append(reverse_selection_scan(keep, d))
-            grads = torch.autograd.grad(
-                [new[n] for n in order],
-                [*leaves, *(old[n] for n in order)],
-                cotangents,
-                allow_unused=True,
-            )
-        d_leaves = list(grads[: len(leaves)])
-        d_old = dict(zip(order, grads[len(leaves) :]))
-        for i, (kind, name) in enumerate(names):
-            if kind == "state" and d_old[name] is not None:  # step 0 reads the initial state
-                extra = d_old[name][:, 0]
-                d_leaves[i] = extra if d_leaves[i] is None else d_leaves[i] + extra
+        old = _old_states(rec, inner, dict(zip(order, saved[len(names) :])))
+        env = _step_env(rec, inner, old)  # an update reads its state as the old one
+        ops = TorchOps(bound.compute_dtype, bound.device)
+        lets = {let.name: let.expr for let in rec.lets}
+        seeds = []
+        for n, d in zip(order, d_history):
+            update = rec.update_of(n)
+            d = torch.zeros_like(old[n]) if d is None else d
+            # each update reads only its own state (a diagonal Jacobian): the vjp of
+            # the update with cotangent 1 is every step's 0/1 routing
+            ones = Ref(update.dims, "<ones>", COTANGENT)
+            rho = vjp([(update, ones)], lets, wrt={n}.__contains__).of(n)
+            keep = torch.zeros_like(d, dtype=torch.bool)
+            if rho is not None:
+                routing = evaluate(rho, {**env, "<ones>": ops.const(Const((), 1.0))}, ops)
+                keep = torch.broadcast_to(routing, d.shape) != 0
+            env[f"<d {n}>"] = reverse_selection_scan(keep, d)
+            seeds.append((update, Ref(update.dims, f"<d {n}>", COTANGENT)))
+        wanted = {name for _, name in names} | set(order)
+        found = vjp(seeds, lets, wrt=wanted.__contains__)
+        d_leaves = []
+        for (kind, name), leaf in zip(names, leaves):
+            ct = found.of(name)
+            if ct is None:
+                d_leaves.append(None)
+            elif kind == "state":  # only step 0 reads the initial state
+                d_leaves.append(torch.broadcast_to(evaluate(ct, env, ops), old[name].shape)[:, 0])
+            else:
+                d_leaves.append(_sum_to_shape(evaluate(ct, env, ops), leaf.shape))
         return (None, *d_leaves)
 
 
-def _spec_update(rec: Recurrence, bound: Bound, old: dict[str, torch.Tensor]):
-    """Every step's update as the spec writes it, from the old states, all steps at once."""
+def _step_env(rec: Recurrence, bound: Bound, old: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Every step's values at once: params, inputs [B, T, ...], the old states under
+    the states' names, and every let."""
     ops = TorchOps(bound.compute_dtype, bound.device)
     env: dict[str, Any] = {**bound.params, **bound.inputs, **old}
     for let in rec.lets:
         env[let.name] = evaluate(let.expr, env, ops)
-    shape = {s.name: old[s.name].shape for s in rec.states}
-    return {
-        u.name: torch.broadcast_to(evaluate(u.expr, env, ops), shape[u.name]) for u in rec.updates
-    }
+    return env
+
+
+def _sum_to_shape(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A cotangent summed over the axes its leaf was broadcast along (autograd's rule):
+    the leading axes the leaf lacks, and its axes of size 1."""
+    lead = value.dim() - len(shape)
+    if lead > 0:
+        value = value.sum(dim=tuple(range(lead)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and value.shape[i] != 1)
+    if axes:
+        value = value.sum(dim=axes, keepdim=True)
+    return torch.broadcast_to(value, shape).contiguous()
 
 
 def reverse_selection_scan(keep: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

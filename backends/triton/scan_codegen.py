@@ -23,14 +23,15 @@ Backward kernel (same grid), blocks in reverse, from the checkpoints:
 
     recompute a_t, b_t and, by the forward's scan, h_t for the block; h_{t-1}
         by a scan that shifts h by one step (selection only: exact)
-    output cotangents -> d h_t (reverse-mode AD of the readouts, in the tile)
+    output cotangents -> d h_t (the IR's vjp of the readouts, printed in the tile)
     reverse scan over pairs: (g_t, u_t), g_t = dL/dh_t, u_t = J_t^T g_t
         (each step's map (g', u') -> (dh_t + u', J_t^T (dh_t + u')) only uses
         the current step's J_t: no shifted loads)
-    diagonal: da_t = g_t (x) h_{t-1}, db_t = g_t; reverse AD through the gates.
+    diagonal: da_t = g_t (x) h_{t-1}, db_t = g_t; the vjp through the gates.
     MinMax: J_t and the operands' cotangents come from the spec's own update,
         differentiated at h_{t-1} (the canonical form has ties the spec does
         not have, and a MinMax gradient is a routing through ties)
+    every derivative is recc.ir.autodiff's, as IR printed like the forward;
     inputs' gradients stored per step; params' summed in registers;
     the initial state's gradient is u at t = 0.
 
@@ -59,7 +60,6 @@ from recc.backends.triton.tile import (
     HELPERS,
     NAN,
     TIME,
-    TileAdjoint,
     TileEmitter,
     TileLayout,
     contracted_dims,
@@ -68,7 +68,8 @@ from recc.backends.triton.tile import (
     unsupported_reason,
 )
 from recc.backends.triton.wrap import ungrouped, wrap_source
-from recc.ir.nodes import Expr, Recurrence, Ref, walk
+from recc.ir.autodiff import COTANGENT, Cotangents, vjp
+from recc.ir.nodes import Expr, Recurrence, Ref, substitute, walk
 from recc.lowering.algebra import Algebra, affine, minmax, operand, pair
 
 INF = float("inf")
@@ -446,6 +447,8 @@ class _Writer:
             self.structures = []
         self.dependent = state_dependent_lets(rec, {s.name for s in rec.states})
         self.args: dict[str, TensorArg] = {}
+        self.seeded: set[str] = set()  # variables holding a seed's cotangent (every step's)
+        self._timed: dict[str, bool] | None = None
 
     def v(self, *key: object, preferred: str) -> str:
         """A local variable of this kernel."""
@@ -786,47 +789,70 @@ class _Writer:
             emitter.emit(readout)
         loop += emitter.lines
         emitter.lines = []
-        # reverse-mode AD of the readouts: cotangents of the new states (and inputs)
-        adjoint = TileAdjoint(emitter, self.timed_names(), self.cite)
+        # reverse-mode AD of the readouts (recc.ir.autodiff): cotangents of the states
         loop.append("# output cotangents")
+        seeds = []
         for o, readout in zip(rec.outputs, outputs):
             arg = self.args[("dout", o.name)]
             var = self.v("dy", o.name, preferred=f"{o.name}_dy")
             loop.append(f"{var} = {self.once(self.load(arg, time=True), o.expr.dims)}")
-            adjoint.seed(readout, var, (True, o.expr.dims))
-        loop += adjoint.run(outputs, stop_at_names=True)
+            seeds.append((readout, self.cotangent_ref(emitter, var, o.expr.dims)))
+        held = {n for n, _ in plan.states} | {old_name(n) for n, _ in plan.states}
+        of_states = vjp(seeds, wrt=held.__contains__, varies=self.varies)
+        self.label(emitter, of_states)
         for n, dims in plan.states:
-            dh = adjoint.name_cotangent(n)
             mask = self.mask(dims, True)
-            value = "0.0" if dh is None else dh
-            full = f"{value} + tl.zeros({layout.shape(dims)}, DTYPE)"
-            loop.append(f"{self.state_var('dh', n)} = tl.where({mask}, {full}, 0.0)")
-            if n in plan.old_read:  # h_{t-1}'s cotangent from the readouts at t
-                d_old = adjoint.name_cotangent(old_name(n))
-                value = "0.0" if d_old is None else d_old
+            for kind, name in (("dh", n), ("dold", old_name(n))):
+                if kind == "dold" and n not in plan.old_read:
+                    continue  # h_{t-1}'s cotangent from the readouts at t, if any reads it
+                ct = of_states.of(name)
+                value = "0.0" if ct is None else emitter.emit(ct)
                 full = f"{value} + tl.zeros({layout.shape(dims)}, DTYPE)"
-                loop.append(f"{self.state_var('dold', n)} = tl.where({mask}, {full}, 0.0)")
-        # the adjoint scan and the coefficient cotangents
-        roots = list(outputs)
+                emitter.lines.append(f"{self.state_var(kind, n)} = tl.where({mask}, {full}, 0.0)")
+        loop += emitter.lines
+        emitter.lines = []
+        # the adjoint scan, and the seeds it gives the coefficients (diagonal) or the
+        # update as written (MinMax)
         for g in range(len(self.groups)):
             if isinstance(self.form, DiagonalForm):
-                loop += self.diagonal_adjoint(g, coefficients[g], adjoint)
-                roots += [e for e in _coefficients_of(self.groups[g]) if e is not None]
+                step, more = self.diagonal_adjoint(g, coefficients[g], emitter)
             else:
-                step, seeded = self.minmax_adjoint(g, coefficients[g], adjoint, emitter)
-                loop += step
-                roots += seeded
+                step, more = self.minmax_adjoint(g, coefficients[g], emitter)
+            loop += step
+            seeds += more
         loop.append("# reverse-mode AD of the lets and gates")
-        loop += adjoint.run(roots, lets=[let for let in rec.lets if let.name not in self.dependent])
+        free = [let for let in rec.lets if let.name not in self.dependent]
+        leaves = {n for n, _ in plan.inputs} | {n for n, _ in plan.params}
+        found = vjp(
+            seeds,
+            [(let.name, let.expr) for let in free],
+            wrt=leaves.__contains__,
+            varies=self.varies,
+        )
+        self.label(emitter, found)
+        for let in reversed(free):  # a let's cotangent, then the way back through it
+            ct = found.of(let.name)
+            if ct is None:
+                continue
+            emitter.emit(ct)
+            emitter.lines.append(f"# back through {self.cite(let.span)}")
+            for node in walk(let.expr):
+                if node in found.nodes:
+                    emitter.emit(found.nodes[node])
         for n, dims in plan.inputs:
-            ct = adjoint.name_cotangent(n)
+            ct = found.of(n)
             if ct is not None:
-                loop.append(self.store(self.args[("input_grad", n)], ct, dims, True))
+                emitter.lines.append(
+                    self.store(self.args[("input_grad", n)], emitter.emit(ct), dims, True)
+                )
         for n, _ in plan.params:
-            ct = adjoint.name_cotangent(n)
+            ct = found.of(n)
             if ct is not None:
                 acc = self.v("acc", n, preferred=f"{n}_acc")
-                loop.append(f"{acc} += {ct}  # already summed over the block's steps")
+                value = emitter.emit(ct)
+                emitter.lines.append(f"{acc} += {value}  # already summed over the block's steps")
+        loop += emitter.lines
+        emitter.lines = []
         loop.append("# the adjoint handed to the previous block: u at the block's first step")
         for n, _ in plan.states:
             first = f"tl.where(is_first, {self.state_var('uu', n)}, 0.0)"
@@ -869,6 +895,29 @@ class _Writer:
             return value
         return f"tl.where(i_c == 0, {value}, 0.0)"
 
+    def cotangent_ref(self, emitter: TileEmitter, var: str, dims) -> Ref:
+        """A cotangent the kernel holds in `var`, as a name the IR's vjp can read."""
+        emitter.names[var] = var
+        self.seeded.add(var)
+        return Ref(tuple(dims), var, COTANGENT)
+
+    def varies(self, name: str) -> bool:
+        """Whether a name has a time axis in the tile (a seed's cotangent has)."""
+        if self._timed is None:
+            self._timed = self.timed_names()
+        return name in self.seeded or self._timed[name]
+
+    @staticmethod
+    def label(emitter: TileEmitter, found: Cotangents) -> None:
+        """Name each cotangent after what it differentiates: `d_k` for spec name k,
+        `d_t5` for the node the kernel holds in `_t5`."""
+        for name, ct in found.names.items():
+            emitter.labels.setdefault(ct, "d_" + "_".join(name.split()))
+        for node, ct in found.nodes.items():
+            held = emitter.memo.get(node)
+            if held is not None and held.startswith("_"):
+                emitter.labels.setdefault(ct, f"d{held}")
+
     def timed_names(self) -> dict[str, bool]:
         """Which names vary over time (have a time axis in the tile)."""
         timed = {n: True for n, _ in self.plan.inputs}
@@ -880,8 +929,9 @@ class _Writer:
             timed[let.name] = any(timed.get(r, False) for r in refs)
         return timed
 
-    def diagonal_adjoint(self, g: int, c: dict, adjoint: TileAdjoint) -> list[str]:
-        """g_t = dh_t + J_{t+1}^T g_{t+1} by a reverse scan; then da_t, db_t as seeds."""
+    def diagonal_adjoint(self, g: int, c: dict, emitter: TileEmitter):
+        """g_t = dh_t + J_{t+1}^T g_{t+1} by a reverse scan. Returns the statements
+        and the seeds it gives the coefficients: (a_ij, da_t = g_t h_{t-1}), (b_i, g_t)."""
         states = self.group_states(g)
         st = self.structures[g]
         dims = c["dims"]
@@ -940,6 +990,7 @@ class _Writer:
                 lines.append(f"{uu[i]} = {ui}")
         coupling, inject = c["exprs"]
         m_T = self.layout.mask(TIME)
+        seeds = []
         for i in range(len(states)):
             for j, other in enumerate(states):
                 if coupling[i][j] is not None:
@@ -947,48 +998,41 @@ class _Writer:
                     lines.append(
                         f"{da} = tl.where({m_T}, {gs[i]} * {self.state_var('old', other)}, 0.0)"
                     )
-                    adjoint.seed(coupling[i][j], da, (True, dims))
+                    seeds.append((coupling[i][j], self.cotangent_ref(emitter, da, dims)))
             if inject[i] is not None:
-                adjoint.seed(inject[i], gs[i], (True, dims))
-        return lines
+                seeds.append((inject[i], self.cotangent_ref(emitter, gs[i], dims)))
+        return lines, seeds
 
-    def minmax_adjoint(self, g: int, c: dict, adjoint: TileAdjoint, emitter: TileEmitter):
-        """MinMax: the routing and the operands' cotangents from the spec's own update at
-        h_{t-1}. Returns the statements and the names whose cotangents it seeded."""
+    def minmax_adjoint(self, g: int, c: dict, emitter: TileEmitter):
+        """MinMax: the routing and the operands' cotangents from the spec's own update,
+        at h_{t-1}. Returns the statements and the seed (the update, g_t)."""
         (name,) = self.group_states(g)
         rec = self.rec
         dims = c["dims"]
         shape = self.layout.shape(dims)
         valid = self.mask(dims, True)
         m_T = self.layout.mask(TIME)
-        # the update as written, with the state read as h_{t-1}; state-free values shared
-        spec = TileEmitter(self.layout, dict(emitter.names), self.ns)
-        spec.memo = {
-            e: v for e, v in emitter.memo.items() if not _reads_state(rec, e, self.dependent)
-        }
-        for s in rec.states:
-            spec.names[s.name] = self.state_var("old", s.name)
-        dependent = [let for let in rec.lets if let.name in self.dependent]
-        for let in dependent:
-            var = self.v("old_let", let.name, preferred=f"{let.name}_at_old")
-            spec.lines.append(f"{var} = {spec.emit(let.expr)}  # {_cite(rec, let.span)}")
-            spec.names[let.name] = var
-        update = rec.update_of(name)
-        spec.lines.append(f"# {_cite(rec, next(u.span for u in rec.updates if u.name == name))}")
-        root = spec.emit(update)
+        # the update as written, its lets of the state written out, the state read as
+        # h_{t-1}: the values the forward's step computed
+        at_old: dict[str, Expr] = {s.name: old_state(s) for s in rec.states}
+        for let in rec.lets:
+            if let.name in self.dependent:
+                at_old[let.name] = substitute(let.expr, at_old)
+        update = substitute(rec.update_of(name), at_old)
         lines = [f"# adjoint of {name}: its routing from the update as written, at the old state"]
-        lines += spec.lines
-        timed = self.timed_names()
-        timed.update({let.name: True for let in dependent})
+        lines.append(f"# {_cite(rec, next(u.span for u in rec.updates if u.name == name))}")
         # d h_t / d h_{t-1}: the update's cotangent 1 routed to the state (0 or 1)
-        routing = TileAdjoint(spec, timed)
         ones = self.v("ones", g, preferred=f"ones{g}")
         lines.append(f"{ones} = tl.full({shape}, 1.0, DTYPE)")
-        routing.seed(update, ones, (True, dims))
-        lines += routing.run([update], lets=dependent, stop_at_names=True)
+        seed = self.cotangent_ref(emitter, ones, dims)
+        routing = vjp([(update, seed)], wrt={old_name(name)}.__contains__, varies=self.varies)
+        through = routing.of(old_name(name))
+        value = (
+            "0.0" if through is None else f"({emitter.emit(through)}) + tl.zeros({shape}, DTYPE)"
+        )
+        lines += emitter.lines
+        emitter.lines = []
         rho = self.v("rho", g, preferred=f"rho{g}")
-        through = routing.name_cotangent(name)
-        value = "0.0" if through is None else f"({through}) + tl.zeros({shape}, DTYPE)"
         lines.append(
             f"{rho} = tl.where({m_T}, {value}, 1.0)  # d h_t / d h_(t-1), 1 on padded steps"
         )
@@ -1007,46 +1051,7 @@ class _Writer:
         lines.append(f"{gs} = tl.where({valid}, tl.where({R} != 0.0, {u}, 0.0) + {Rv}, 0.0)")
         lines.append(f"{uu} = tl.where({U} != 0.0, {u}, 0.0) + {Uv}")
         # the operands' cotangents: g_t pushed back through the update as written
-        operands = TileAdjoint(spec, timed, self.cite)
-        operands.seed(update, gs, (True, dims))
-        lines += operands.run([update], lets=dependent)
-        seeded = []
-        for ref in _free_refs(rec, update, self.dependent):
-            ct = operands.name_cotangent(ref.name)
-            if ct is not None:
-                adjoint.seed(ref, ct, (timed.get(ref.name, False), ref.dims))
-                seeded.append(ref)
-        del root
-        return lines, seeded
-
-
-def _coefficients_of(block: DiagonalBlock) -> list[Expr | None]:
-    return [c for row in block.coupling for c in row] + list(block.inject)
-
-
-def _reads_state(rec: Recurrence, expr: Expr, dependent: set[str]) -> bool:
-    states = {s.name for s in rec.states}
-    return any(isinstance(n, Ref) and (n.name in states or n.name in dependent) for n in walk(expr))
-
-
-def _free_refs(rec: Recurrence, expr: Expr, dependent: set[str]) -> list[Ref]:
-    """References to inputs, params and free lets an update reads, through its
-    state-dependent lets; one per name."""
-    lets = {let.name: let.expr for let in rec.lets}
-    found: dict[str, Ref] = {}
-    stack = [expr]
-    seen: set[str] = set()
-    while stack:
-        for node in walk(stack.pop()):
-            if not isinstance(node, Ref) or node.role == "state":
-                continue
-            if node.name in dependent:
-                if node.name not in seen:
-                    seen.add(node.name)
-                    stack.append(lets[node.name])
-            else:
-                found.setdefault(node.name, node)
-    return list(found.values())
+        return lines, [(update, self.cotangent_ref(emitter, gs, dims))]
 
 
 def kernel_spec(rec: Recurrence, analysis: Analysis):

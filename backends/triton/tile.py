@@ -11,6 +11,7 @@ become plain Triton:
   dot(u, v), sum(x)          tl.sum over the dims' axes (keep_dims)
   a @ b                      tl.sum(a * b) over the contracted dim's axis
   x.T                        x (axes are by name, not position)
+  sum_to, sum_steps          tl.sum over the dims' axes, over time (axis 0)
 
 Reductions mask out padded lanes. A spec whose expressions repeat a dim in
 one shape, or use a dim outside the layout, cannot be laid out this way;
@@ -25,11 +26,6 @@ from recc.analysis.rewrite import ExprOps, NotCanonical
 from recc.backends.names import Namespace
 from recc.ir.evaluate import evaluate
 from recc.ir.nodes import Apply, Const, Dims, Expr, Ref, walk
-from recc.ir.ops import ELEMENTWISE, OPS
-
-# The name a derivative rule's cotangent has while the emitter prints the rule
-# (no spec name can be spelled so).
-COTANGENT = "<cotangent>"
 
 # max and min propagate NaN from either side, as the interpreter's do (Triton's
 # default would return the other operand).
@@ -65,6 +61,7 @@ PRINT = {
     "max_picks_first": "(({0} >= {1}) | ({0} != {0}))",
     "min_picks_first": "(({0} <= {1}) | ({0} != {0}))",
     "select": "tl.where({0}, {1}, {2})",
+    "broadcast_like": "({0} + tl.zeros_like({1}))",
 }
 
 
@@ -267,6 +264,9 @@ class TileEmitter:
     ns: Namespace
     lines: list[str] = field(default_factory=list)
     memo: dict[Expr, str] = field(default_factory=dict)
+    # what to call the temporary of an expression, if not `_t<n>` (a cotangent is
+    # named after what it differentiates: `d_k`, `d_t5`)
+    labels: dict[Expr, str] = field(default_factory=dict)
 
     def fresh(self, prefix: str = "_t") -> str:
         return self.ns.fresh(prefix)
@@ -300,7 +300,8 @@ class TileEmitter:
                 if expr.op not in ("gt", "le") and is_constant:
                     args[i] = f"tl.full([], {args[i]}, DTYPE)"  # typed: the compute dtype
             code = self._code(expr, args)
-        name = self.fresh()
+        label = self.labels.get(expr)
+        name = self.ns.unique(label) if label is not None else self.fresh()
         self.lines.append(f"{name} = {code}")
         self.memo[expr] = name
         return name
@@ -321,6 +322,12 @@ class TileEmitter:
             return self._sum(args[0], expr.args[0].dims)
         if op == "matmul":
             return self._sum(f"({args[0]} * {args[1]})", (expr.args[0].dims[-1],))
+        if op == "sum_to":
+            lacking = tuple(d for d in expr.args[0].dims if d not in expr.dims)
+            return self._sum(args[0], lacking)
+        if op == "sum_steps":  # the tile's steps are its time axis (padded ones masked)
+            masked = f"tl.where({self.layout.mask(TIME)}, {args[0]}, 0.0)"
+            return f"tl.sum({masked}, axis=0, keep_dims=True)"
         raise AssertionError(op)  # pragma: no cover
 
     def _sum(self, value: str, dims: Dims) -> str:
@@ -328,211 +335,3 @@ class TileEmitter:
             masked = f"tl.where({self.layout.mask(dim)}, {value}, 0.0)"
             value = f"tl.sum({masked}, axis={self.layout.axis(dim)}, keep_dims=True)"
         return value
-
-
-Axes = tuple[bool, Dims]  # (has a time axis, dims): the full extents of a tile
-
-
-class TileAdjoint:
-    """Reverse-mode AD of emitted tile expressions, as Triton statements.
-
-    Works on the forward temporaries of a `TileEmitter` (which must already
-    have emitted every node). Cotangents accumulate per node, and per name
-    for inputs, params, states and lets; a contribution is summed over the
-    axes its target lacks (masking padded lanes and steps) before it is
-    added. `run` processes nodes in reverse topological order; call it with
-    `stop_at_names=True` first for the state-dependent part (the readouts),
-    then again for the rest once every seed is in.
-    """
-
-    def __init__(
-        self, emitter: TileEmitter, timed_names: dict[str, bool], cite=lambda span: ""
-    ) -> None:
-        """`cite(span)`: the comment text naming a spec line (empty: no comments)."""
-        self.cite = cite
-        self.e = emitter
-        self.layout = emitter.layout
-        self.timed_names = timed_names
-        self.cotangent: dict[object, str] = {}  # node or ("name", n) -> accumulator variable
-        self.done: set[object] = set()
-        self.lines: list[str] = []
-
-    # -- axes --
-    def timed(self, expr: Expr) -> bool:
-        return any(isinstance(n, Ref) and self.timed_names.get(n.name, False) for n in walk(expr))
-
-    def axes(self, expr: Expr) -> Axes:
-        return (self.timed(expr), expr.dims)
-
-    def shape(self, axes: Axes) -> str:
-        return self.layout.shape(axes[1], time=axes[0])
-
-    def reduce(self, value: str, frm: Axes, to: Axes) -> str:
-        for dim in frm[1]:
-            if dim not in to[1]:
-                masked = f"tl.where({self.layout.mask(dim)}, {value}, 0.0)"
-                value = f"tl.sum({masked}, axis={self.layout.axis(dim)}, keep_dims=True)"
-        if frm[0] and not to[0]:
-            mask = self.layout.mask(TIME)
-            value = f"tl.sum(tl.where({mask}, {value}, 0.0), axis=0, keep_dims=True)"
-        return value
-
-    @staticmethod
-    def union(*axes: Axes) -> Axes:
-        dims: list[str] = []
-        for _, ds in axes:
-            dims += [d for d in ds if d not in dims]
-        return (any(t for t, _ in axes), tuple(dims))
-
-    # -- accumulation --
-    def key(self, expr: Expr) -> object:
-        return ("name", expr.name) if isinstance(expr, Ref) else expr
-
-    def add(self, target: Expr, value: str, axes: Axes) -> None:
-        if isinstance(target, Const):
-            return
-        target_axes = self.axes(target) if not isinstance(target, Ref) else self.name_axes(target)
-        value = self.reduce(value, axes, target_axes)
-        key = self.key(target)
-        if key in self.cotangent:
-            var = self.cotangent[key]
-            self.lines.append(f"{var} = {var} + {value}")
-        else:
-            var = self.e.ns.unique(self.cotangent_name(target))
-            self.cotangent[key] = var
-            self.lines.append(f"{var} = {value}")
-
-    def cotangent_name(self, target: Expr) -> str:
-        """What a cotangent is called: `d_k` for spec name k, `d_t5` for the node the
-        kernel holds in `_t5` (`d_node` for one it holds in no variable)."""
-        if isinstance(target, Ref):
-            name = target.name
-            if not name.isidentifier():  # an internal name, e.g. "old state h"
-                name = "_".join(name.split())
-            return f"d_{name}"
-        held = self.e.memo.get(target)
-        return f"d{held}" if held is not None and held.startswith("_") else "d_node"
-
-    def name_axes(self, ref: Ref) -> Axes:
-        return (self.timed_names.get(ref.name, False), ref.dims)
-
-    def seed(self, expr: Expr, var: str, axes: Axes) -> None:
-        self.add(expr, var, axes)
-
-    def name_cotangent(self, name: str) -> str | None:
-        return self.cotangent.get(("name", name))
-
-    # -- traversal --
-    def _order(self, roots: list[Expr], lets: dict[str, Expr], stop_at_names: bool) -> list:
-        """Nodes (and ("let", name) markers) in topological order, parents last.
-
-        stop_at_names: only the nodes that depend on a state, directly or through
-        one of `lets` (which are then the state-dependent lets)."""
-        order: list = []
-        seen: set = set()
-
-        def depends(node: Expr) -> bool:
-            return any(
-                isinstance(n, Ref) and (n.role == "state" or n.name in lets) for n in walk(node)
-            )
-
-        def visit(node: Expr) -> None:
-            if isinstance(node, Const):
-                return
-            if isinstance(node, Ref):
-                if node.name in lets:
-                    key = ("let", node.name)
-                    if key not in seen:
-                        seen.add(key)
-                        visit(lets[node.name])
-                        order.append(key)
-                return
-            if node in seen or not any(isinstance(n, Ref) for n in walk(node)):
-                return  # constant subtrees (folded when emitted) take no cotangent
-            if stop_at_names and not depends(node):
-                return
-            seen.add(node)
-            for arg in node.args:
-                visit(arg)
-            if node not in self.done:  # a processed node's children may still be pending
-                order.append(node)
-
-        for root in roots:
-            visit(root)
-        return order
-
-    def run(self, roots: list[Expr], lets=(), stop_at_names: bool = False) -> list[str]:
-        """Statements that push every seeded cotangent back through `roots`.
-
-        `lets`: the let definitions to differentiate through (others are leaves,
-        whose cotangents stay on their names)."""
-        let_exprs = {let.name: let.expr for let in lets}
-        spans = {let.name: let.span for let in lets}
-        order = self._order(roots, let_exprs, stop_at_names)
-        for item in reversed(order):
-            if isinstance(item, tuple):  # ("let", name): hand its cotangent to its expression
-                ct = self.cotangent.get(("name", item[1]))
-                expr = let_exprs[item[1]]
-                if ct is not None:
-                    cited = self.cite(spans[item[1]])
-                    if cited:
-                        self.lines.append(f"# back through {cited}")
-                    self.add(expr, ct, (self.timed_names.get(item[1], False), expr.dims))
-                continue
-            self.done.add(item)
-            ct = self.cotangent.get(item)
-            if ct is None:
-                continue
-            axes = self.axes(item)
-            full = f"({ct} + tl.zeros({self.shape(axes)}, DTYPE))"
-            self._rules(item, full, axes)
-        lines, self.lines = self.lines, []
-        return lines
-
-    def _rules(self, node: Apply, ct: str, axes: Axes) -> None:
-        op = node.op
-        args = node.args
-        if op in ELEMENTWISE:
-            self._table_rule(node, ct, axes)
-            return
-        v = [self.e.emit(a) for a in args]  # forward values (already emitted)
-        arg_axes = [self.axes(a) if not isinstance(a, Ref) else self.name_axes(a) for a in args]
-        if isinstance(args[0], Const):
-            arg_axes[0] = (False, ())
-        if len(args) > 1 and isinstance(args[1], Const):
-            arg_axes[1] = (False, ())
-        both = self.union(axes, *arg_axes)
-        if op in ("outer", "dot", "matmul"):
-            self.add(args[0], f"({ct} * {v[1]})", both)
-            self.add(args[1], f"({ct} * {v[0]})", both)
-        elif op == "sum":
-            self.add(
-                args[0],
-                f"({ct} + tl.zeros({self.shape(arg_axes[0])}, DTYPE))",
-                self.union(axes, arg_axes[0]),
-            )
-        elif op == "transpose":
-            self.add(args[0], ct, axes)
-        else:  # pragma: no cover
-            raise AssertionError(op)
-
-    def _table_rule(self, node: Apply, ct: str, axes: Axes) -> None:
-        """The op table's vjp of an elementwise node, printed by the emitter.
-
-        Each contribution has the node's axes (its operands' dims nest in the
-        node's). The rule's temporaries go with the adjoint's statements and
-        are forgotten after it, so no later statement reuses one out of scope."""
-        g = self.e.fresh("_g")
-        self.lines.append(f"{g} = {ct}")
-        cotangent = Ref(node.dims, COTANGENT, "cotangent")
-        contributions = OPS[node.op].vjp(cotangent, node.args, node)
-        memo, lines = dict(self.e.memo), self.e.lines
-        self.e.lines, self.e.names[COTANGENT] = self.lines, g
-        try:
-            for arg, contribution in zip(node.args, contributions):
-                if contribution is None or not any(isinstance(n, Ref) for n in walk(arg)):
-                    continue  # constants take no cotangent
-                self.add(arg, self.e.emit(contribution), axes)
-        finally:
-            self.e.memo, self.e.lines = memo, lines
-            del self.e.names[COTANGENT]

@@ -1,13 +1,14 @@
 """Coefficients of an affine, channel-wise update: s_i' = sum_j a_ij * s_j + b_i.
 
-Stage: analysis. `a_ij` is the forward derivative (JVP) of update i along
-state j with tangent 1, computed on the IR by dual numbers that carry one
-tangent per state (one evaluation of the updates gives every coefficient).
-Only the affine operators of the state are allowed (+, -, scaling by a
-state-free value, division by one); anything else raises NotCanonical, so a
+Stage: analysis. `a_ij` is the forward derivative of update i along state j
+with tangent 1: `recc.ir.autodiff.jvp` on the IR (the one derivative engine),
+folded (x * 1 -> x). A coefficient that still reads a state means the update
+is not affine in the states as written (a product of two state-dependent
+factors, a function of the state, a contraction of it): NotCanonical, so a
 form read off here is exact for the spec as written. `b_i` is the sum of
-update i's terms that read no state, carried by the same dual numbers (the
-update at every state 0, without multiplying anything by 0).
+update i's terms that read no state (the update at every state 0, without
+multiplying anything by 0), read off by an evaluator that keeps only those
+terms through the affine operators.
 
 sympy decides the class on its own algebra, which cancels h / h to 1; that
 is not true at h = 0 (IEEE: NaN), so the coefficients of every state an
@@ -16,136 +17,110 @@ update reads come from here, never from sympy's view of which states matter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from recc.analysis.rewrite import (
     AbstractOps,
     NotCanonical,
     abstract_updates,
     const,
+    fold,
+    is_const,
     make,
     mentions,
     state_dependent_lets,
 )
+from recc.ir.autodiff import jvp
 from recc.ir.evaluate import evaluate
-from recc.ir.nodes import STATE, Apply, Const, Expr, Recurrence, Ref
-
-
-@dataclass(frozen=True)
-class Dual:
-    primal: Expr
-    # d(primal)/d(state), by state name; a state that is absent has tangent zero.
-    tangents: dict[str, Expr] = field(default_factory=dict, hash=False)
-    # the value with every state at 0, None where that is exactly nothing (the
-    # terms that read a state are dropped, never multiplied in as 0 * x)
-    offset: Expr | None = None
-
-
-def _offset(op: str, a: Expr | None, b: Expr | None, like) -> Expr | None:
-    """The offset of a sum or difference, None meaning nothing."""
-    if a is None:
-        return b if b is None or op == "add" else make("neg", b)
-    return a if b is None else make(op, a, b, like=like)
-
-
-def _combine(op: str, t1: dict[str, Expr], t2: dict[str, Expr], like) -> dict[str, Expr]:
-    """Tangents of a sum or difference."""
-    out = dict(t1)
-    for name, t in t2.items():
-        if name in out:
-            out[name] = make(op, out[name], t, like=like)
-        else:
-            out[name] = t if op == "add" else make("neg", t)
-    return out
-
-
-class DualOps(AbstractOps):
-    """Forward-mode derivatives along every state at once, through the affine operators."""
-
-    def free(self, expr: Expr) -> Dual:
-        return Dual(expr, {}, expr)
-
-    def is_free(self, value: Dual) -> bool:
-        return not value.tangents
-
-    def expr_of(self, value: Dual) -> Expr:
-        return value.primal
-
-    def apply_abstract(self, node: Apply, args: list[Dual]) -> Dual:
-        op = node.op
-        like = node.dims
-        primal = make(op, *(a.primal for a in args), like=like)
-        if op in ("add", "sub"):
-            a, b = args
-            tangents = _combine(op, a.tangents, b.tangents, like)
-            return Dual(primal, tangents, _offset(op, a.offset, b.offset, like))
-        if op == "neg":
-            (a,) = args
-            offset = None if a.offset is None else make("neg", a.offset)
-            return Dual(primal, {n: make("neg", t) for n, t in a.tangents.items()}, offset)
-        if op == "mul":
-            a, b = args
-            if a.tangents and b.tangents:
-                raise NotCanonical("product of two state-dependent factors")
-            varying, factor = (a, b.primal) if a.tangents else (b, a.primal)
-            offset = None if varying.offset is None else make("mul", varying.offset, factor)
-            return Dual(
-                primal,
-                {n: make("mul", t, factor, like=like) for n, t in varying.tangents.items()},
-                offset,
-            )
-        if op == "div":
-            if args[1].tangents:
-                raise NotCanonical("division by a state-dependent value")
-            divisor = args[1].primal
-            offset = None if args[0].offset is None else make("div", args[0].offset, divisor)
-            return Dual(
-                primal,
-                {n: make("div", t, divisor, like=like) for n, t in args[0].tangents.items()},
-                offset,
-            )
-        raise NotCanonical(f"'{op}' of the state is not affine")
+from recc.ir.nodes import Apply, Const, Expr, Recurrence
+from recc.ir.ops import ELEMENTWISE, INTERNAL
 
 
 def diagonal_coefficients(rec: Recurrence) -> dict[tuple[str, str], Expr]:
     """d(update of target)/d(source) for every (target, source) whose coefficient is
     not zero. Raises NotCanonical unless every update is affine in the states."""
-    updates = _dual_updates(rec)
-    found: dict[tuple[str, str], Expr] = {}
     names = {s.name for s in rec.states}
-    forbidden = names | state_dependent_lets(rec, names)
-    for target, value in updates.items():
-        for source, coefficient in value.tangents.items():
-            if isinstance(coefficient, Const) and coefficient.value == 0.0:
+    dependent = state_dependent_lets(rec, names)
+    lets = {let.name: let.expr for let in rec.lets if let.name in dependent}
+    forbidden = names | dependent
+    found: dict[tuple[str, str], Expr] = {}
+    for update in rec.updates:
+        for source in rec.states:
+            tangent = jvp(update.expr, {source.name: const(1.0)}, lets)
+            if tangent is None:
+                continue  # the update does not read the source
+            coefficient = fold(_without_broadcasts(tangent))
+            if is_const(coefficient, 0.0):
                 continue
             if mentions(coefficient, forbidden):
                 raise NotCanonical("a coefficient still depends on the state")
-            found[(target, source)] = coefficient
+            found[(update.name, source.name)] = coefficient
     return found
 
 
-def _dual_updates(rec: Recurrence) -> dict[str, Dual]:
-    seed = {
-        s.name: Dual(Ref(s.dims, s.name, STATE), {s.name: const(1.0)}, None) for s in rec.states
-    }
-    return abstract_updates(rec, DualOps(), seed)
+def _without_broadcasts(expr: Expr, elementwise: bool = True) -> Expr:
+    """`expr` without the `broadcast_like` nodes an elementwise op consumes (jvp
+    broadcasts a tangent to a node's shape by reading the node, which may read the
+    state; by name, an elementwise op broadcasts its operands itself)."""
+    if not isinstance(expr, Apply):
+        return expr
+    if expr.op == "broadcast_like" and elementwise:
+        return _without_broadcasts(expr.args[0])
+    inner = expr.op in ELEMENTWISE or expr.op in INTERNAL
+    args = tuple(_without_broadcasts(a, inner) for a in expr.args)
+    return Apply(expr.dims, expr.op, args, span=expr.span)
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """A value that reads a state, by its terms that read none (None: there are none)."""
+
+    free: Expr | None
+
+
+def _sum(op: str, a: Expr | None, b: Expr | None, like) -> Expr | None:
+    """The state-free terms of a sum or difference, None meaning nothing."""
+    if a is None:
+        return b if b is None or op == "add" else make("neg", b)
+    return a if b is None else make(op, a, b, like=like)
+
+
+class _FreeTermsOps(AbstractOps):
+    """The terms of an affine value that read no state, through the affine operators."""
+
+    def apply_abstract(self, node: Apply, args: list) -> _Terms:
+        op, like = node.op, node.dims
+        terms = [a.free if isinstance(a, _Terms) else a for a in args]
+        if op in ("add", "sub"):
+            return _Terms(_sum(op, terms[0], terms[1], like))
+        if op == "neg":
+            return _Terms(None if terms[0] is None else make("neg", terms[0]))
+        if op == "mul":
+            if all(isinstance(a, _Terms) for a in args):
+                raise NotCanonical("product of two state-dependent factors")
+            varying, factor = (0, 1) if isinstance(args[0], _Terms) else (1, 0)
+            free = terms[varying]
+            return _Terms(None if free is None else make("mul", free, terms[factor]))
+        if op == "div":
+            if isinstance(args[1], _Terms):
+                raise NotCanonical("division by a state-dependent value")
+            return _Terms(None if terms[0] is None else make("div", terms[0], terms[1]))
+        raise NotCanonical(f"'{op}' of the state is not affine")
 
 
 def injections(rec: Recurrence) -> dict[str, Expr | None]:
     """Every update's terms that read no state (None where there are none): the
-    update with every state at 0, read off the same dual numbers, so a term that
-    reads a state is dropped rather than evaluated as 0 * x."""
+    update with every state at 0, a term that reads a state dropped rather than
+    evaluated as 0 * x."""
     names = {s.name for s in rec.states}
-    found: dict[str, Expr | None] = {}
     forbidden = names | state_dependent_lets(rec, names)
-    for name, dual in _dual_updates(rec).items():
-        value = dual.offset
-        if value is None:
-            found[name] = None
-            continue
-        if mentions(value, forbidden):
+    seed = {s.name: _Terms(None) for s in rec.states}
+    found: dict[str, Expr | None] = {}
+    for name, value in abstract_updates(rec, _FreeTermsOps(), seed).items():
+        free = value.free if isinstance(value, _Terms) else value
+        if mentions(free, forbidden):
             raise NotCanonical("a coefficient still depends on the state")
-        found[name] = value
+        found[name] = free
     return found
 
 

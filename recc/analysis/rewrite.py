@@ -34,7 +34,7 @@ from recc.ir.nodes import (
     embed,
     walk,
 )
-from recc.ir.ops import INTERNAL, STRUCTURAL
+from recc.ir.ops import INTERNAL, REDUCTION, STRUCTURAL
 
 
 class NotCanonical(Exception):
@@ -95,7 +95,7 @@ def make(op: str, *args: Expr, like: Dims | None = None) -> Expr:
 
     `like`: the dims of the spec's node this one rebuilds, if any.
     """
-    if op in INTERNAL:  # booleans of the derivative rules: never folded into numbers
+    if op in INTERNAL or op in REDUCTION:  # the derivative rules' own: never folded
         dims = max((a.dims for a in args), key=len)
         return Apply(like if like is not None else dims, op, args)
     if op in SCALAR_OPS and len(args) == 2:
@@ -180,6 +180,14 @@ class ExprOps:
 
     def apply(self, node: Apply, args: list[Any]) -> Expr:
         return make(node.op, *args, like=node.dims)
+
+
+def fold(expr: Expr) -> Expr:
+    """`expr` rebuilt by `make`: constants folded, and the identities that hold
+    for every value applied (a derivative's x * 1, x + 0)."""
+    if isinstance(expr, Apply):
+        return make(expr.op, *(fold(a) for a in expr.args), like=expr.dims)
+    return expr
 
 
 def state_dependent_lets(rec: Recurrence, names: set[str]) -> set[str]:

@@ -111,6 +111,17 @@ def walk(expr: Expr):
             yield from walk(arg)
 
 
+def substitute(expr: Expr, bindings: dict[str, Expr]) -> Expr:
+    """`expr` with each reference to a name in `bindings` replaced by its binding,
+    structure and spans otherwise kept (nothing folded)."""
+    if isinstance(expr, Ref):
+        return bindings.get(expr.name, expr)
+    if isinstance(expr, Apply):
+        args = tuple(substitute(a, bindings) for a in expr.args)
+        return expr if args == expr.args else Apply(expr.dims, expr.op, args, span=expr.span)
+    return expr
+
+
 def embed(small: Dims, large: Dims) -> tuple[int, ...] | None:
     """Positions of `small`'s dims inside `large` (name-based broadcasting).
 

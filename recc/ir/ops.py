@@ -15,7 +15,11 @@ Three kinds of op:
   STRUCTURAL   matmul, outer, dot, sum, transpose: their shapes are their
                meaning, and each consumer handles them in its own terms
   INTERNAL     never written in a spec; derivative rules use them
-               (comparisons and a select, which torch and Triton both have)
+               (comparisons, a select, a broadcast), elementwise by dim name
+  REDUCTION    never written in a spec: the sums a derivative needs where a
+               value was broadcast (recc.ir.autodiff): `sum_to` over the dims
+               the node lacks, `sum_steps` over the steps an evaluation
+               covers; each consumer handles their shapes
 
 A `vjp(g, args, out)` takes IR expressions (the cotangent `g`, with the
 node's dims; the node's operands; the node itself, whose value is known)
@@ -44,6 +48,7 @@ class Kind(Enum):
     ELEMENTWISE = "elementwise"
     STRUCTURAL = "structural"
     INTERNAL = "internal"
+    REDUCTION = "reduction"
 
 
 Vjp = Callable[[Expr, tuple[Expr, ...], Expr], tuple[Expr | None, ...]]
@@ -93,6 +98,11 @@ def max_picks_first(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def min_picks_first(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a <= b) | torch.isnan(a)
+
+
+def broadcast_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`value` broadcast to the shape of `value` and `like` together."""
+    return torch.broadcast_to(value, torch.broadcast_shapes(value.shape, like.shape))
 
 
 def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -261,7 +271,7 @@ def _sympy_min(a, b):
     return _lattice(sympy.Min, a, b)
 
 
-E, S, I = Kind.ELEMENTWISE, Kind.STRUCTURAL, Kind.INTERNAL
+E, S, I, R = Kind.ELEMENTWISE, Kind.STRUCTURAL, Kind.INTERNAL, Kind.REDUCTION
 F = torch.nn.functional
 
 # name, arity, kind, spelling, torch, sympy, vjp
@@ -301,6 +311,10 @@ _TABLE = (
     Op("max_picks_first", 2, I, torch=max_picks_first),
     Op("min_picks_first", 2, I, torch=min_picks_first),
     Op("select", 3, I, torch=torch.where),
+    Op("broadcast_like", 2, I, torch=broadcast_like),  # the first, broadcast to both's dims
+    # reductions of the derivatives (recc.ir.autodiff): shapes are their meaning
+    Op("sum_to", 1, R),  # over the operand's dims the node lacks
+    Op("sum_steps", 1, R),  # over the steps (leading axes) the evaluation covers
 )
 
 OPS: dict[str, Op] = {op.name: op for op in _TABLE}
@@ -311,3 +325,4 @@ SPELLED: dict[str, Op] = {op.spelling: op for op in _TABLE if op.spelling is not
 ELEMENTWISE = frozenset(op.name for op in _TABLE if op.kind is Kind.ELEMENTWISE)
 STRUCTURAL = frozenset(op.name for op in _TABLE if op.kind is Kind.STRUCTURAL)
 INTERNAL = frozenset(op.name for op in _TABLE if op.kind is Kind.INTERNAL)
+REDUCTION = frozenset(op.name for op in _TABLE if op.kind is Kind.REDUCTION)
