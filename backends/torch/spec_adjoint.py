@@ -32,7 +32,7 @@ from recc.analysis.forms import Analysis
 from recc.backends.torch import scan as chunked
 from recc.interpreter import TorchOps
 from recc.ir.autodiff import COTANGENT, vjp
-from recc.ir.evaluate import evaluate
+from recc.ir.evaluate import evaluate, evaluate_shared
 from recc.ir.nodes import Const, Recurrence, Ref
 from recc.signature import Bound
 
@@ -114,6 +114,7 @@ class _ScanWithSpecGradients(torch.autograd.Function):
         env = _step_env(rec, inner, old)  # an update reads its state as the old one
         ops = TorchOps(bound.compute_dtype, bound.device)
         lets = {let.name: let.expr for let in rec.lets}
+        memo: dict = {}  # every node's value, computed once (the vjps share subtrees)
         seeds = []
         for n, d in zip(order, d_history):
             update = rec.update_of(n)
@@ -124,21 +125,23 @@ class _ScanWithSpecGradients(torch.autograd.Function):
             rho = vjp([(update, ones)], lets, wrt={n}.__contains__).of(n)
             keep = torch.zeros_like(d, dtype=torch.bool)
             if rho is not None:
-                routing = evaluate(rho, {**env, "<ones>": ops.const(Const((), 1.0))}, ops)
+                env["<ones>"] = ops.const(Const((), 1.0))
+                (routing,) = evaluate_shared([rho], env, ops, memo)
                 keep = torch.broadcast_to(routing, d.shape) != 0
             env[f"<d {n}>"] = reverse_selection_scan(keep, d)
             seeds.append((update, Ref(update.dims, f"<d {n}>", COTANGENT)))
         wanted = {name for _, name in names} | set(order)
         found = vjp(seeds, lets, wrt=wanted.__contains__)
+        exprs = {name: found.of(name) for _, name in names if found.of(name) is not None}
+        values = dict(zip(exprs, evaluate_shared(list(exprs.values()), env, ops, memo)))
         d_leaves = []
         for (kind, name), leaf in zip(names, leaves):
-            ct = found.of(name)
-            if ct is None:
+            if name not in values:
                 d_leaves.append(None)
             elif kind == "state":  # only step 0 reads the initial state
-                d_leaves.append(torch.broadcast_to(evaluate(ct, env, ops), old[name].shape)[:, 0])
+                d_leaves.append(torch.broadcast_to(values[name], old[name].shape)[:, 0])
             else:
-                d_leaves.append(_sum_to_shape(evaluate(ct, env, ops), leaf.shape))
+                d_leaves.append(_sum_to_shape(values[name], leaf.shape))
         return (None, *d_leaves)
 
 

@@ -30,6 +30,27 @@ def evaluate(expr: Expr, env: dict[str, Any], ops: Ops) -> Any:
     return ops.apply(expr, [evaluate(arg, env, ops) for arg in expr.args])
 
 
+def evaluate_shared(
+    exprs: list[Expr], env: dict[str, Any], ops: Ops, memo: dict[Expr, Any] | None = None
+) -> list[Any]:
+    """`evaluate` for several expressions, each distinct node computed once (a
+    derivative's expressions share their subtrees). `memo` carries the values
+    across calls."""
+    memo = {} if memo is None else memo
+
+    def value(expr: Expr) -> Any:
+        if isinstance(expr, Const):
+            return ops.const(expr)
+        if isinstance(expr, Ref):
+            return env[expr.name]
+        assert isinstance(expr, Apply)
+        if expr not in memo:
+            memo[expr] = ops.apply(expr, [value(a) for a in expr.args])
+        return memo[expr]
+
+    return [value(e) for e in exprs]
+
+
 def step(
     rec: Recurrence, ops: Ops, env: dict[str, Any], outputs: bool = True
 ) -> tuple[dict[str, Any], dict[str, Any]]:
