@@ -192,33 +192,32 @@ def check_jacobian(rec: Recurrence, data) -> None:
 CHECKS = {"vjp": check_vjp, "jvp": check_jvp, "jacobian": check_jacobian}
 
 
-@pytest.mark.parametrize("check", sorted(CHECKS))
-@pytest.mark.parametrize("kind", [*CLASSES, "expressions"])
-def test_against_autograd(check, kind):
+KINDS = [*CLASSES, "expressions"]
+
+
+def _property(check: str, kind: str, profile) -> None:
     specs = expression_spec() if kind == "expressions" else spec_of(kind).map(lambda c: c[0])
 
-    @FAST
+    @profile
     @given(specs, st.data())
     def prop(source, data):
         note(source)
         CHECKS[check](load(source), data)
 
     prop()
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_against_autograd(check, kind):
+    _property(check, kind, FAST)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("check", sorted(CHECKS))
-@pytest.mark.parametrize("kind", [*CLASSES, "expressions"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_against_autograd_slow(check, kind):
-    specs = expression_spec() if kind == "expressions" else spec_of(kind).map(lambda c: c[0])
-
-    @SLOW
-    @given(specs, st.data())
-    def prop(source, data):
-        note(source)
-        CHECKS[check](load(source), data)
-
-    prop()
+    _property(check, kind, SLOW)
 
 
 def test_diagonal_specs_have_diagonal_jacobians():
