@@ -69,3 +69,28 @@ def test_every_spelled_op_has_a_row_in_the_language_docs():
 def test_internal_ops_are_not_spelled():
     for op in OPS.values():
         assert (op.kind is Kind.INTERNAL) <= (op.spelling is None), op.name
+
+
+def test_the_reductions_of_the_derivatives_sum_what_they_say():
+    """sum_to and sum_steps on the interpreter's tensors (leading axes: steps and
+    batch) and as Triton text (masked sums over the dims' axes, and over time)."""
+    from recc.backends.names import Namespace
+    from recc.backends.triton.tile import TileEmitter, TileLayout
+    from recc.ir.ops import REDUCTION
+
+    assert REDUCTION == {"sum_to", "sum_steps"}
+    ops = TorchOps(torch.float64, torch.device("cpu"))
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float64).reshape(2, 3, 4, 5)  # [B, T, D, E]
+    ref = Ref(("D", "E"), "x", "input")
+    env = {"x": x}
+    to_e = Apply(("E",), "sum_to", (ref,))
+    steps = Apply(("D", "E"), "sum_steps", (ref,))
+    assert torch.equal(evaluate(to_e, env, ops), x.sum(dim=-2))
+    assert torch.equal(evaluate(steps, env, ops), x.sum(dim=(0, 1)))
+    emitter = TileEmitter(TileLayout(("D", "E")).with_names(Namespace()), {"x": "x"}, Namespace())
+    emitter.emit(to_e)
+    emitter.emit(steps)
+    assert emitter.lines == [
+        "_t1 = tl.sum(tl.where(m_D, x, 0.0), axis=1, keep_dims=True)",
+        "_t2 = tl.sum(tl.where(m_T, x, 0.0), axis=0, keep_dims=True)",
+    ]
