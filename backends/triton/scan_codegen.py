@@ -70,7 +70,7 @@ from recc.backends.triton.tile import (
 from recc.backends.triton.wrap import ungrouped, wrap_source
 from recc.ir.autodiff import COTANGENT, Cotangents, vjp
 from recc.ir.nodes import Expr, Recurrence, Ref, substitute, walk
-from recc.lowering.algebra import Algebra, affine, minmax, operand, pair
+from recc.lowering.algebra import Algebra, affine, minmax, operand, pair, routing
 
 INF = float("inf")
 # Names every generated module defines at top level.
@@ -402,17 +402,9 @@ def _minmax_combines(names: dict[str, str], semiring: str) -> list[str]:
     fwd = _printed(names["combine"], minmax(semiring), frozenset("ab"), doc, ["a", "b"])
     # The adjoint's S is a routing (0 or 1): cotangents are selected, never
     # multiplied, so a NaN the state does not flow through stays where it is.
-    back = _jit(
-        names["combine_adjoint"],
-        ["r1", "s1", "rv1", "sv1", "r2", "s2", "rv2", "sv2"],
-        "u -> (R u + r, S u + s) for 0/1 routings R, S: (R2 S1, S2 S1, R2 s1 + r2, S2 s1 + s2)",
-        [
-            "r2 * s1",
-            "s2 * s1",
-            "tl.where(r2 != 0.0, sv1, 0.0) + rv2",
-            "tl.where(s2 != 0.0, sv1, 0.0) + sv2",
-        ],
-    )
+    doc = "u -> (R u + r, S u + s), R and S 0 or 1: (R2 S1, S2 S1, [R2] s1 + r2, [S2] s1 + s2)"
+    order = ["r", "s", "rv", "sv"]
+    back = _printed(names["combine_adjoint"], routing(), frozenset(order), doc, order)
     return fwd + back
 
 

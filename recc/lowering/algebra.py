@@ -9,8 +9,9 @@ named slots; an `Algebra` holds, as IR expressions over those slots:
   identity  the slots of the identity map (what padded steps are given)
 
 for the affine maps of a diagonal block (h -> A h + b, k x k), the pair maps
-the diagonal backward's reverse scan composes (u -> (R u + r, S u + s)), and
-the MinMax semirings (max-min, max-plus, min-plus). The torch backend runs
+the diagonal backward's reverse scan composes (u -> (R u + r, S u + s)), the
+MinMax semirings (max-min, max-plus, min-plus) and the routings the MinMax
+backward's reverse scan composes (a pair map whose R, S are 0 or 1). The torch backend runs
 them (`compiled`: a function of tensors), the Triton backend prints them
 (`backends/triton/scan_codegen.py`), and tests/test_algebra.py checks that
 each is associative with its identity.
@@ -136,6 +137,12 @@ def minmax(semiring: str) -> Algebra:
     return _once(("minmax", semiring), lambda: _minmax(semiring))
 
 
+def routing() -> Algebra:
+    """u -> (R u + r, S u + s) for 0/1 routings R, S, composed by selection (see
+    `_routing`)."""
+    return _once(("routing",), _routing)
+
+
 def _affine(k: int) -> Algebra:
     a = [f"a_{i}{j}" for i in range(k) for j in range(k)]
     b = [f"b_{i}" for i in range(k)]
@@ -215,7 +222,35 @@ def _minmax(semiring: str) -> Algebra:
     return Algebra(semiring, ("a", "b"), absent, identity, combine, ("x_0",), {"x_0": apply})
 
 
+def _routing() -> Algebra:
+    """The MinMax backward's reverse scan: a pair map (`_pair`, k = 1) whose R and S
+    are routings, 0 or 1: (R2 S1, S2 S1, [R2] s1 + r2, [S2] s1 + s2), where [R2] s1
+    selects s1 where R2 is 1 rather than multiplying, so a NaN or inf cotangent
+    the state does not flow through stays where it is. Associative for routings
+    (products and selections of 0 and 1); the identity (R = S = 1, r = s = 0) is a
+    left identity only, as the pair's."""
+    r1, s1, rv1, sv1, r2, s2, rv2, sv2 = (
+        _ref(operand(slot, w)) for w in (1, 2) for slot in ("r", "s", "rv", "sv")
+    )
+    zero = Const((), 0.0)
+
+    def routed(by: Expr, value: Expr) -> Expr:
+        return _op("select", _op("gt", by, zero), value, zero)
+
+    combine = {
+        "r": _op("mul", r2, s1),
+        "s": _op("mul", s2, s1),
+        "rv": _op("add", routed(r2, sv1), rv2),
+        "sv": _op("add", routed(s2, sv1), sv2),
+    }
+    slots = ("r", "s", "rv", "sv")
+    identity = {"r": 1.0, "s": 1.0, "rv": 0.0, "sv": 0.0}
+    return Algebra("routing", slots, {slot: ZERO for slot in slots}, identity, combine)
+
+
 _VALUE = {ZERO: 0.0, POS_INF: math.inf, NEG_INF: -math.inf}
+# A comparison with an absent slot that is false for every value (0 > 0).
+FALSE = "false"
 
 
 # ---- absent slots: the structural elements, removed by their rules ------------
@@ -235,7 +270,16 @@ class _Structural:
         marks = [a for a in args if isinstance(a, str)]
         if not marks:
             return _op(op, *args)
+        if op == "select":  # a routing's selection (see `_routing`)
+            cond, picked, other = args
+            if cond == FALSE:  # never selected: the other operand (a 0 is the zero)
+                return ZERO if _is_zero(other) else other
+            if picked == ZERO and (other == ZERO or _is_zero(other)):
+                return ZERO
+            raise ValueError("no structural rule for this selection")  # pragma: no cover
         a, b = args
+        if op == "gt" and a == ZERO and _is_zero(b):
+            return FALSE  # 0 > 0
         if op == "add":
             for m in (NEG_INF, POS_INF):
                 if m in marks:  # -inf + x = -inf (and +inf + x = +inf)
@@ -250,6 +294,10 @@ class _Structural:
             other = [x for x in args if x != keep]
             return other[0] if other else keep  # max(-inf, x) = x, min(+inf, x) = x
         raise ValueError(f"no structural rule for {op} of an absent slot")  # pragma: no cover
+
+
+def _is_zero(value: Any) -> bool:
+    return isinstance(value, Const) and value.value == 0.0
 
 
 def specialize(exprs: dict[str, Expr], absent: dict[str, str]) -> dict[str, Expr]:
@@ -319,6 +367,9 @@ def compiled(exprs: dict[str, Expr], where: dict[str, tuple[int, str]]):
         if len(built) == 1:
             (x,) = built
             return lambda args: fn(x(args))
+        if len(built) == 3:  # select
+            c, x, y = built
+            return lambda args: fn(c(args), x(args), y(args))
         x, y = built
         return lambda args: fn(x(args), y(args))
 
