@@ -273,3 +273,16 @@ def test_derivatives_cite_the_spec_lines_they_come_from():
             if isinstance(node, Apply):
                 assert node.span is not None, node
                 assert node.span.line in lines, node.span
+
+
+def test_the_rules_own_ops_are_not_differentiated_again():
+    """A derivative's selections and sums have no rules: asking is an error, not a
+    silently wrong second derivative."""
+    from recc.ir.autodiff import NoDerivative
+
+    x = Ref(("D",), "x", "input")
+    picked = Apply(("D",), "select", (Apply(("D",), "gt", (x, Const((), 0.0))), x, x))
+    with pytest.raises(NoDerivative):
+        jvp(picked, {"x": Const((), 1.0)})
+    with pytest.raises(NoDerivative):
+        vjp([(Apply(("D",), "sum_steps", (x,)), Ref(("D",), "g", COTANGENT))])

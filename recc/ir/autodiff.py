@@ -32,7 +32,7 @@ from enum import Enum
 
 from recc.errors import Span
 from recc.ir.nodes import Apply, Const, Dims, Expr, Ref, embed, walk
-from recc.ir.ops import ELEMENTWISE, INTERNAL, OPS
+from recc.ir.ops import ELEMENTWISE, INTERNAL, OPS, STRUCTURAL
 
 # The role of a name that holds a cotangent or a tangent a caller seeds with
 # (the printers map it to a variable like any other name).
@@ -183,8 +183,10 @@ class _Forward:
             found = None
         elif expr.op in ELEMENTWISE:
             found = self._elementwise(expr, ts)
-        else:
+        elif expr.op in STRUCTURAL:
             found = _structural_jvp(expr, ts)
+        else:  # the derivative rules' own ops: never differentiated again
+            raise NoDerivative(f"no derivative rule for '{expr.op}'")
         found = None if found is None else _spanned(found, expr.span)
         self.memo[expr] = found
         return found
