@@ -9,7 +9,7 @@ lists the ops. To add an op: add its row here, its printing line to each
 backend (`recc/backends/triton/tile.py`: `PRINT`), and its row to
 `docs/language.md`; the tests check that each of those has every op.
 
-Three kinds of op:
+Four kinds of op:
 
   ELEMENTWISE  shape-preserving, broadcast by dim name; the table defines them
   STRUCTURAL   matmul, outer, dot, sum, transpose: their shapes are their
