@@ -37,7 +37,7 @@ class InterpreterBackend:
         looped over time (`recc.backends.triton.build`, `kernels=False`)."""
         from recc.backends.triton.build import build_module
 
-        return build_module(plan.spec, plan.analysis, kernels=False)
+        return build_module(plan, kernels=False)
 
     def details(self, plan: LoweringPlan) -> list[str]:
         return []

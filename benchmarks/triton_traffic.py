@@ -27,6 +27,7 @@ from recc.analysis import analyze  # noqa: E402
 from recc.backends.triton.launch import TRAINING_BUDGET, ScanKernel, block_sizes  # noqa: E402
 from recc.backends.triton.scan_codegen import Unsupported  # noqa: E402
 from recc.ir import load  # noqa: E402
+from recc.lowering import plan as lowering_plan  # noqa: E402
 from recc.signature import bind  # noqa: E402
 from recc.testing.triton_interpreter import fast_scan  # noqa: E402
 from recc.testing.triton_traffic import count_traffic  # noqa: E402
@@ -39,8 +40,11 @@ def nbytes(x: torch.Tensor) -> int:
 def measure(path: Path) -> tuple[str, float, float, int, int] | None:
     rec = load(path)
     analysis = analyze(rec)
+    facts = lowering_plan(rec, analysis).scan
+    if facts is None:
+        return None
     try:
-        kernel = ScanKernel(rec, analysis)
+        kernel = ScanKernel(facts)
     except Unsupported:
         return None
     g = torch.Generator().manual_seed(0)

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from recc.analysis import Analysis, analyze
-from recc.analysis.classify import linear_states
 from recc.backends.protocol import Call, Executor, Options
 from recc.backends.registry import NAMES, REGISTRY, backend_named, first_accepting
 from recc.errors import RecError
@@ -95,7 +94,7 @@ class CompiledRecurrence:
                     f"{flag} must be True or False, got {value!r}",
                     hint=f"pass {flag}=True or {flag}=False",
                 )
-        finite = linear_states(self.analysis.form)
+        finite = self.plan.finite_states
         bound = bind(self.spec, tensors, initial_state, check_nan, finite_states=finite)
         name = self.backend_for(bound.device)
         reason = backend_named(name).supports(self.plan, bound.device)

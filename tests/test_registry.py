@@ -90,19 +90,34 @@ def test_every_backend_is_named_once_and_the_reference_accepts_everything() -> N
         assert REFERENCE.supports(recc.compile(path).plan, CPU, auto=True) is None
 
 
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, at top level or inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
 def test_the_front_ends_import_no_module_of_a_particular_backend() -> None:
     """api, check, explain and the CLI reach backends through the registry only."""
     root = Path(__file__).parent.parent / "recc"
     allowed = {"recc.backends.registry", "recc.backends.protocol"}
     for name in ("api.py", "verify.py", "report.py", "cli.py", "testing/agree.py"):
-        tree = ast.parse((root / name).read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                modules = [node.module]
-            elif isinstance(node, ast.Import):
-                modules = [a.name for a in node.names]
-            else:
-                continue
-            for module in modules:
-                if module.startswith("recc.backends"):
-                    assert module in allowed, f"recc/{name} imports {module}"
+        for module in _imports(root / name):
+            if module.startswith("recc.backends"):
+                assert module in allowed, f"recc/{name} imports {module}"
+
+
+def test_the_backends_read_plans_and_import_no_analysis() -> None:
+    """What a backend knows of a spec comes from its plan (recc.lowering), never from
+    re-analysing it."""
+    root = Path(__file__).parent.parent / "backends"
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        for module in _imports(path):
+            assert not module.startswith("recc.analysis"), f"{path.name} imports {module}"
+            assert module not in ("recc.lowering.plan", "recc.lowering.scan"), (path, module)

@@ -17,14 +17,14 @@ import pytest
 import recc
 from recc.analysis import analyze
 from recc.backends.protocol import Options
-from recc.backends.torch import supports
 from recc.errors import RecError
 from recc.ir import load
+from recc.lowering import plan
 from recc.testing.agree import disagreements
 from recc.verify import random_call
 
 SPECS = sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.rec"))
-SCAN_SPECS = [p for p in SPECS if supports(analyze(load(p)))]
+SCAN_SPECS = [p for p in SPECS if plan(load(p), analyze(load(p))).scan is not None]
 FAST = {"mingru"}
 FP64 = dict(rtol=1e-10, atol=1e-12)
 

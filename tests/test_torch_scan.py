@@ -14,16 +14,17 @@ import pytest
 import torch
 
 from recc.analysis import analyze
-from recc.backends.torch import run_scan, supports
+from recc.backends.torch import run_scan
 from recc.backends.torch.scan import chunk_length
 from recc.interpreter import run
 from recc.ir import load
+from recc.lowering import plan, scan_plan
 from recc.signature import bind
 from recc.testing.agree import disagreements
 from recc.verify import random_call
 
 SPECS = sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.rec"))
-SCAN_SPECS = [p for p in SPECS if supports(analyze(load(p)))]
+SCAN_SPECS = [p for p in SPECS if plan(load(p), analyze(load(p))).scan is not None]
 FP64 = dict(rtol=1e-10, atol=1e-12)
 ELEMENTWISE = (FP64["rtol"], FP64["atol"])
 
@@ -37,9 +38,10 @@ def test_every_diagonal_and_minmax_zoo_spec_is_covered():
 def _agrees(rec, tensors, init, chunk=None, gradients=False, seed=0):
     """The scan (at this chunk length) against the interpreter, by recc.testing.agree."""
     a = analyze(rec)
+    facts = scan_plan(rec, a)
 
     def scan(given, start):
-        return run_scan(rec, a, bind(rec, given, start), chunk=chunk)
+        return run_scan(facts, bind(rec, given, start), chunk=chunk)
 
     found = disagreements(
         rec, a, scan, tensors, init, seed, gradients=gradients, elementwise=ELEMENTWISE, finite=True
@@ -97,7 +99,7 @@ def test_long_sequence_mingru_and_mamba():
         # from step 1266 on, in the interpreter too, and this compares those infs (agree
         # compares nothing past an overflow).
         out_i, _ = run(rec, bind(rec, tensors, init))
-        out_s, _ = run_scan(rec, analyze(rec), bind(rec, tensors, init))
+        out_s, _ = run_scan(scan_plan(rec, analyze(rec)), bind(rec, tensors, init))
         for key in out_i:
             torch.testing.assert_close(out_s[key], out_i[key], **FP64)
 
@@ -111,7 +113,7 @@ def test_low_precision_inputs(dtype, tol):
     ref, _ = run(rec, bind(rec, tensors, init))
     low = {k: v.to(dtype) for k, v in tensors.items()}
     init32 = {k: v.float() for k, v in init.items()}
-    out, fin = run_scan(rec, a, bind(rec, low, init32))
+    out, fin = run_scan(scan_plan(rec, a), bind(rec, low, init32))
     assert out["h"].dtype == dtype and fin["h"].dtype == torch.float32
     torch.testing.assert_close(out["h"].double(), ref["h"], rtol=tol, atol=tol)
 
@@ -153,7 +155,7 @@ def test_state_dependent_let_reads_the_old_state(spec, chunk):
     tensors, init = random_call(rec, positive=False, T=17, seed=4)
     leaves = {k: v.requires_grad_(True) for k, v in {**tensors, **init}.items()}
     results = []
-    for runner in (lambda b: run(rec, b), lambda b: run_scan(rec, a, b, chunk=chunk)):
+    for runner in (lambda b: run(rec, b), lambda b: run_scan(scan_plan(rec, a), b, chunk=chunk)):
         bound = bind(rec, {k: leaves[k] for k in tensors}, {k: leaves[k] for k in init})
         outs, fins = runner(bound)
         loss = (outs["y"] * torch.linspace(-1, 1, outs["y"].numel()).view_as(outs["y"])).sum()
@@ -191,7 +193,7 @@ def test_expanded_state_backward_does_not_keep_the_state_history():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        outs, _ = run_scan(rec, analyze(rec), bind(rec, leaves))
+        outs, _ = run_scan(scan_plan(rec, analyze(rec)), bind(rec, leaves))
     history = B * T * sizes["D"] * sizes["N"] * 8
     inputs = sum(v.numel() * 8 for k, v in leaves.items())
     saved = sum(storages.values())

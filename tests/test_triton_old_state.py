@@ -71,7 +71,7 @@ def test_the_kernels_that_keep_the_old_state_compile_ahead_of_time_without_spill
     jobs, names = [], []
     for name in ("vector", "minmax"):
         rec = load(f"recurrence old_{name} {{\n {OLD_READOUTS[name]}\n}}")
-        kernel = ScanKernel(rec, analyze(rec))
+        kernel = ScanKernel(plan(rec, analyze(rec)).scan)
         for arch in (80, 90):
             jobs.extend(compile_jobs(kernel, arch))
             names += [(name, arch, "fwd"), (name, arch, "fwd+ckpt"), (name, arch, "bwd")]

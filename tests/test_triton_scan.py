@@ -27,6 +27,7 @@ from recc.backends.triton.launch import ScanKernel, block_sizes, compile_jobs  #
 from recc.backends.triton.scan_codegen import Unsupported  # noqa: E402
 from recc.interpreter import run  # noqa: E402
 from recc.ir import load  # noqa: E402
+from recc.lowering import plan  # noqa: E402
 from recc.signature import bind  # noqa: E402
 from recc.testing.agree import disagreements  # noqa: E402
 from recc.testing.triton_interpreter import fast_scan  # noqa: E402
@@ -38,8 +39,11 @@ SPECS = sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.rec"))
 def _kernel(path):
     rec = load(path)
     analysis = analyze(rec)
+    facts = plan(rec, analysis).scan
+    if facts is None:
+        return rec, analysis, None
     try:
-        return rec, analysis, ScanKernel(rec, analysis)
+        return rec, analysis, ScanKernel(facts)
     except Unsupported:
         return rec, analysis, None
 
@@ -122,7 +126,7 @@ def test_fp64_gradients_of_the_generated_backward(name, T):
     tensors, init = _call(rec, T, 5, seed=T)
 
     def differentiable(given, start):
-        return triton_scan(rec, analysis, kernel, given, start)
+        return triton_scan(plan(rec, analysis).scan, kernel, given, start)
 
     _agrees(rec, analysis, differentiable, tensors, init, (1e-9, 1e-11), gradients=True)
 
@@ -134,7 +138,7 @@ def test_fp32_heads_and_gradients(name):
     leaves = {k: v.clone().requires_grad_() for k, v in {**tensors, **init}.items()}
     given = {k: leaves[k] for k in tensors}
     start = {k: leaves[k] for k in init}
-    out_k, fin_k = triton_scan(rec, analysis, kernel, given, start)
+    out_k, fin_k = triton_scan(plan(rec, analysis).scan, kernel, given, start)
     wide = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
     bound = bind(rec, {k: wide[k] for k in tensors}, {k: wide[k] for k in init})
     out_i, fin_i = run(rec, bound)

@@ -1,9 +1,10 @@
 """torch backend: portable parallel algorithms for the scan classes, on any device.
 
-Stage: backend. Consumes the canonical forms of `recc.analysis` (diagonal and
-MinMax) and the IR's evaluator; never re-analyses a spec.
+Stage: backend. Runs a plan's scan facts (`recc.lowering.scan.ScanPlan`: its
+groups' algebras and slot expressions, its lets, its unread states) with the
+IR's evaluator; imports no analysis and never re-analyses a spec.
 """
 
-from recc.backends.torch.scan import run_scan, supports
+from recc.backends.torch.scan import run_scan
 
-__all__ = ["run_scan", "supports"]
+__all__ = ["run_scan"]

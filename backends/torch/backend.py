@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from recc.backends.protocol import Call, Options
-from recc.backends.torch.scan import run_scan, supports
+from recc.backends.torch.scan import run_scan
 from recc.lowering import LoweringPlan
 
 
@@ -21,20 +21,21 @@ class TorchBackend:
     def supports(
         self, plan: LoweringPlan, device: torch.device | None = None, auto: bool = False
     ) -> str | None:
-        if not supports(plan.analysis):
+        if plan.scan is None:
             return f"no torch lowering of the {plan.algorithm} algorithm yet ({plan.kind} class)"
         return None
 
     def prepare(self, plan: LoweringPlan, options: Options):
-        spec, analysis = plan.spec, plan.analysis
+        scan = plan.scan
+        assert scan is not None, plan.algorithm
         if options.torch_compile:
             from recc.backends.torch.compiled import CompiledScan
 
-            compiled = CompiledScan(spec, analysis)
+            compiled = CompiledScan(scan)
             return lambda call: compiled(call.bound)
 
         def run(call: Call):
-            return run_scan(spec, analysis, call.bound)
+            return run_scan(scan, call.bound)
 
         return run
 

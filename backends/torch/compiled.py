@@ -21,10 +21,9 @@ import torch
 from torch._dynamo.exc import TorchDynamoException
 from torch._inductor.exc import InductorError
 
-from recc.analysis.forms import Analysis
 from recc.backends.torch.scan import run_scan
 from recc.errors import RecError
-from recc.ir.nodes import Recurrence
+from recc.lowering import ScanPlan
 from recc.signature import Bound
 
 # Inductor's default caps one fused kernel at 64 nodes; the unrolled chunk loop
@@ -35,11 +34,11 @@ INDUCTOR_OPTIONS = {"max_fusion_size": 4096}
 class CompiledScan:
     """`run_scan` for one spec, compiled once per input shape."""
 
-    def __init__(self, rec: Recurrence, analysis: Analysis) -> None:
-        self.rec, self.analysis = rec, analysis
+    def __init__(self, plan: ScanPlan) -> None:
+        self.rec = rec = plan.spec
 
         def scan(bound: Bound):
-            return run_scan(rec, analysis, bound)
+            return run_scan(plan, bound)
 
         self._compiled = torch.compile(
             _own_code(scan, f"recc_scan_{rec.name}"), dynamic=False, options=INDUCTOR_OPTIONS

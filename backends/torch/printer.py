@@ -8,8 +8,8 @@ step: the lets in order, then every update from the old states
 dim name (`recc.ir.evaluate.align`): an operand lacking some of its node's
 dims is indexed with `None` where they go. Each op prints from `PRINT`, a
 format string per op of the op table (`recc/ir/ops.py`); max and min print
-as the runtime's `maximum` / `minimum` (recc's tie rule and NaN propagation,
-`backends/triton/runtime.py`). The printer knows these node types and ops
+as `maximum` / `minimum` (recc's tie rule and NaN propagation,
+`recc/ir/ties.py`, which built modules carry). The printer knows these node types and ops
 and raises on anything else.
 
 A constant operand prints as a Python number where torch takes one with the
@@ -281,10 +281,10 @@ def step_function(rec: Recurrence):
     """`print_step` executed: the printed step as a Python function (for tests)."""
     import torch
 
-    from recc.backends.triton import runtime
+    from recc.ir import ties
 
     module = Namespace(MODULE_NAMES)
     source = "\n".join(print_step(rec, module, "step"))
-    scope = {"torch": torch, "maximum": runtime.maximum, "minimum": runtime.minimum}
+    scope = {"torch": torch, "maximum": ties.maximum, "minimum": ties.minimum}
     exec(compile(source, f"<printed step of {rec.name}>", "exec"), scope)  # noqa: S102
     return scope["step"], source

@@ -26,20 +26,13 @@ from typing import Any
 
 import torch
 
-from recc.analysis.forms import Analysis, DiagonalForm, MinMaxForm
-from recc.analysis.liveness import unread_states
-from recc.analysis.rewrite import state_dependent_lets
 from recc.interpreter import TorchOps, last_step
 from recc.ir.evaluate import align, evaluate
 from recc.ir.nodes import Expr, Recurrence
-from recc.lowering.algebra import affine, minmax
+from recc.lowering import MinMaxForm, ScanPlan
 from recc.signature import Bound
 
 INF = float("inf")
-
-
-def supports(analysis: Analysis) -> bool:
-    return isinstance(analysis.form, (DiagonalForm, MinMaxForm))
 
 
 def chunk_length(T: int) -> int:
@@ -48,22 +41,18 @@ def chunk_length(T: int) -> int:
 
 
 class _Scan:
-    def __init__(self, rec: Recurrence, analysis: Analysis, bound: Bound) -> None:
-        self.rec, self.form, self.bound = rec, analysis.form, bound
+    """One call's scan of `plan` (the facts of `recc.lowering.scan`)."""
+
+    def __init__(self, plan: ScanPlan, bound: Bound) -> None:
+        self.plan, self.rec, self.bound = plan, plan.spec, bound
         self.ops = TorchOps(bound.compute_dtype, bound.device)
-        names = {s.name for s in rec.states}
-        dependent = state_dependent_lets(rec, names)
-        self.free_lets = [let for let in rec.lets if let.name not in dependent]
-        self.dependent_lets = [let for let in rec.lets if let.name in dependent]
+        self.free_lets = plan.state_free_lets
+        self.dependent_lets = plan.state_reading_lets
         # states nothing reads: only their final leaves the scan (see unread_finals)
-        self.unread = unread_states(rec)
+        self.unread = plan.unread
         # each state group's step-map algebra (recc.lowering.algebra), and its states
-        if isinstance(self.form, DiagonalForm):
-            self.algebras = [affine(block.size) for block in self.form.blocks]
-            self.groups = [block.states for block in self.form.blocks]
-        else:
-            self.algebras = [minmax(self.form.semiring) for _ in rec.states]
-            self.groups = [(s.name,) for s in rec.states]
+        self.algebras = [group.algebra for group in plan.groups]
+        self.groups = [group.states for group in plan.groups]
 
     def unread_finals(self, finals: dict[str, torch.Tensor], entering_last) -> dict:
         """`finals` with each state nothing reads recomputed from its update at the
@@ -101,44 +90,20 @@ class _Scan:
         with padded steps made the identity."""
         maps = []
         dtype = self.bound.compute_dtype
-        if isinstance(self.form, DiagonalForm):
-            for block, algebra in zip(self.form.blocks, self.algebras):
-                shape = shapes[block.states[0]]
-                dims = self.rec.state(block.states[0]).dims
-                slots = {
-                    f"a_{i}{j}": c
-                    for i, row in enumerate(block.coupling)
-                    for j, c in enumerate(row)
-                    if c is not None
-                }
-                slots.update({f"b_{i}": c for i, c in enumerate(block.inject) if c is not None})
-                m = {k: self.coef(c, env, dims, shape) for k, c in slots.items()}
-                if valid is not None:
-                    # Padded steps get the identity's coefficients, by selection (a
-                    # `where`, whose backward never multiplies a padded step's garbage
-                    # by zero). An absent coefficient stays absent: multiplying by a
-                    # materialised 0 would make 0 * inf and 0 * NaN NaN. Nothing reads a
-                    # padded step's state (finals come from the last valid step).
-                    identity = algebra.identity
-                    m = {k: _where(valid, x, identity[k], shape, dtype) for k, x in m.items()}
-                maps.append(m)
-        else:
-            assert isinstance(self.form, MinMaxForm)
-            algebra = self.algebras[0]
-            for s in self.rec.states:
-                a_expr, b_expr = self.form.coefficients[s.name]
-                shape = shapes[s.name]
-                m = {
-                    k: self.coef(e, env, s.dims, shape)
-                    for k, e in (("a", a_expr), ("b", b_expr))
-                    if e is not None
-                }
-                if valid is not None:  # an absent bound is materialised as its identity
-                    m = {
-                        k: _where(valid, m.get(k), v, shape, dtype, absent=v)
-                        for k, v in algebra.identity.items()
-                    }
-                maps.append(m)
+        for group in self.plan.groups:
+            shape = shapes[group.states[0]]
+            dims = self.rec.state(group.states[0]).dims
+            m = {k: self.coef(c, env, dims, shape) for k, c in group.slots.items()}
+            if valid is not None:
+                # Padded steps get the identity's coefficients, by selection (a
+                # `where`, whose backward never multiplies a padded step's garbage
+                # by zero). An absent slot stays absent: it already is the identity's
+                # element, or (an affine map's absent coefficient, a zero) a
+                # materialised 0 would make 0 * inf and 0 * NaN NaN. Nothing reads a
+                # padded step's state (finals come from the last valid step).
+                identity = group.algebra.identity
+                m = {k: _where(valid, x, identity[k], shape, dtype) for k, x in m.items()}
+            maps.append(m)
         return maps
 
     # ---- map algebra (recc.lowering.algebra): apply a map to states; compose two ----
@@ -163,15 +128,9 @@ class _Scan:
         return _map_tensors(maps, lambda x: x[:, c])
 
 
-def _where(valid, x, identity: float, shape, dtype, absent: float = 0.0) -> torch.Tensor:
-    """`x` on valid chunks, the identity's coefficient on padded ones.
-
-    `absent` is what a None coefficient means: only MinMax's absent bounds are
-    materialised (+inf, 0, -inf are exact identities of min, + and max).
-    """
+def _where(valid, x, identity: float, shape, dtype) -> torch.Tensor:
+    """`x` on valid chunks, the identity's coefficient on padded ones."""
     mask = valid.reshape((1, *valid.shape) + (1,) * (len(shape) - 1 - valid.dim()))
-    if x is None:
-        x = torch.full((), absent, dtype=dtype, device=valid.device)
     fill = torch.full((), identity, dtype=dtype, device=valid.device)
     return torch.broadcast_to(torch.where(mask, x, fill), shape)
 
@@ -201,13 +160,14 @@ def _map_tensors(tree, fn):
 
 
 def run_scan(
-    rec: Recurrence, analysis: Analysis, bound: Bound, chunk: int | None = None
+    plan: ScanPlan, bound: Bound, chunk: int | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Outputs `[B, T, (H), ...]` and final states, like `recc.interpreter.run`.
 
     MinMax recurrences under autograd take their gradients from the spec as
     written (`spec_adjoint`): the canonical form max(min(s, a), b) has ties the
     spec does not have, and a gradient is a routing through those ties."""
+    rec = plan.spec
     if bound.T == 0:
         outputs = {
             o.name: torch.zeros(
@@ -218,11 +178,11 @@ def run_scan(
             for o in rec.outputs
         }
         return outputs, dict(bound.initial_state)
-    if isinstance(analysis.form, MinMaxForm) and _needs_grad(bound):
+    if isinstance(plan.form, MinMaxForm) and _needs_grad(bound):
         from recc.backends.torch.spec_adjoint import run_with_spec_gradients
 
-        return run_with_spec_gradients(rec, analysis, bound, chunk)
-    scan = _Scan(rec, analysis, bound)
+        return run_with_spec_gradients(plan, bound, chunk)
+    scan = _Scan(plan, bound)
     chunks = _Chunks(rec, bound, chunk)
     if chunks.state_size() <= chunks.input_size():
         finals, outputs_at = _vector_states(scan, bound, chunks)

@@ -28,29 +28,31 @@ from typing import Any
 
 import torch
 
-from recc.analysis.forms import Analysis
 from recc.backends.torch import scan as chunked
 from recc.interpreter import TorchOps
 from recc.ir.autodiff import COTANGENT, vjp
 from recc.ir.evaluate import evaluate, evaluate_shared
 from recc.ir.nodes import Const, Recurrence, Ref
+from recc.lowering import ScanPlan
+from recc.lowering.algebra import routing
 from recc.signature import Bound
 
 
 def run_with_spec_gradients(
-    rec: Recurrence, analysis: Analysis, bound: Bound, chunk: int | None
+    plan: ScanPlan, bound: Bound, chunk: int | None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    rec = plan.spec
     names = [
         *(("input", n) for n in bound.inputs),
         *(("param", n) for n in bound.params),
         *(("state", n) for n in bound.initial_state),
     ]
     leaves = [_leaf(bound, kind, n) for kind, n in names]
-    context = (rec, analysis, bound, chunk, names)
+    context = (plan, bound, chunk, names)
     history = _ScanWithSpecGradients.apply(context, *leaves)
     states = dict(zip([s.name for s in rec.states], history))  # [B, T, (H), ...]
     old = _old_states(rec, bound, states)
-    scan = chunked._Scan(rec, analysis, bound)
+    scan = chunked._Scan(plan, bound)
     env = scan.env_whole(dict(bound.inputs))
     outputs = chunked.readouts(scan, bound, env, old, states, (bound.B, bound.T))
     finals = {k: v[:, -1] for k, v in states.items()}
@@ -92,9 +94,10 @@ class _ScanWithSpecGradients(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, context: Any, *leaves: torch.Tensor):
-        rec, analysis, bound, chunk, names = context
+        plan, bound, chunk, names = context
+        rec = plan.spec
         inner = _rebind(bound, names, [x.detach() for x in leaves])
-        scan = chunked._Scan(rec, analysis, inner)
+        scan = chunked._Scan(plan, inner)
         chunks = chunked._Chunks(rec, inner, chunk)
         with torch.no_grad():
             _, states, _ = chunked.state_history(scan, inner, chunks)
@@ -105,7 +108,8 @@ class _ScanWithSpecGradients(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *d_history: torch.Tensor):
-        rec, _, bound, _, names = ctx.context
+        plan, bound, _, names = ctx.context
+        rec = plan.spec
         saved = ctx.saved_tensors
         leaves = saved[: len(names)]
         order = [s.name for s in rec.states]
@@ -170,37 +174,40 @@ def _sum_to_shape(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def reverse_selection_scan(keep: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """g_t = c_t + (g_{t+1} if keep_{t+1} else 0) along dim 1, by selection.
 
-    Chunked like the forward scan: all chunks' maps g -> (keep ? g : 0) + c at
-    once over ~sqrt(T) steps, the carry chunk by chunk, then every step."""
+    The maps u -> [S] u + sv of the routing algebra (`recc.lowering.algebra.routing`,
+    its S and sv slots; the Triton backward prints the same maps), chunked like the
+    forward scan: all chunks' maps at once over ~sqrt(T) steps, the carry chunk by
+    chunk, then every step."""
     T = c.shape[1]
-    # g_t = c_t + sel_t * g_{t+1} with sel_t = keep_{t+1}; reversed in time it is
-    # a forward scan u_s = c'_s + sel'_s * u_{s-1}
-    sel = torch.cat([keep[:, 1:], torch.zeros_like(keep[:, :1])], dim=1).flip(1)
+    # g_t = c_t + [sel_t] g_{t+1} with sel_t = keep_{t+1}; reversed in time it is
+    # a forward scan u_s = [sel'_s] u_{s-1} + c'_s
+    sel = torch.cat([keep[:, 1:], torch.zeros_like(keep[:, :1])], dim=1).flip(1).to(c.dtype)
     cs = c.flip(1)
     L = chunked.chunk_length(T)
     nc = -(-T // L)
     pad = nc * L - T
-    if pad:
+    if pad:  # padded steps route nothing and add nothing: no valid step reads them
         sel = torch.cat([sel, torch.zeros_like(sel[:, :pad])], dim=1)
         cs = torch.cat([cs, torch.zeros_like(cs[:, :pad])], dim=1)
     sel = sel.reshape(sel.shape[0], nc, L, *sel.shape[2:])
     cs = cs.reshape(cs.shape[0], nc, L, *cs.shape[2:])
-    # pass 1: each chunk's map (through: does u pass the whole chunk; total from zero)
-    through = torch.ones_like(sel[:, :, 0])
-    total = torch.zeros_like(cs[:, :, 0])
-    for i in range(L):
-        total = torch.where(sel[:, :, i], total, torch.zeros_like(total)) + cs[:, :, i]
-        through = through & sel[:, :, i]
+    algebra = routing()
+    combine = algebra.combine_for(("s", "sv"), ("s", "sv"))
+    apply = algebra.apply_for(("s", "sv"))
+    # pass 1: each chunk's map, composed step by step
+    total = {"s": sel[:, :, 0], "sv": cs[:, :, 0]}
+    for i in range(1, L):
+        total = combine(total, {"s": sel[:, :, i], "sv": cs[:, :, i]})
     # carry: the value entering each chunk
-    entering = [torch.zeros_like(total[:, 0])]
+    entering = [torch.zeros_like(cs[:, 0, 0])]
     for k in range(nc - 1):
-        prev = entering[-1]
-        entering.append(torch.where(through[:, k], prev, torch.zeros_like(prev)) + total[:, k])
+        chunk = {"s": total["s"][:, k], "sv": total["sv"][:, k]}
+        entering.append(apply(chunk, {"u": entering[-1]})["u"])
     u = torch.stack(entering, dim=1)
     # pass 2: every step from the entering values
     out = []
     for i in range(L):
-        u = torch.where(sel[:, :, i], u, torch.zeros_like(u)) + cs[:, :, i]
+        u = apply({"s": sel[:, :, i], "sv": cs[:, :, i]}, {"u": u})["u"]
         out.append(u)
     flat = torch.stack(out, dim=2).reshape(c.shape[0], nc * L, *c.shape[2:])[:, :T]
     return flat.flip(1)

@@ -17,8 +17,7 @@ import torch
 
 from recc.backends.protocol import Call, Options
 from recc.backends.triton.runtime import interpreted
-from recc.lowering import LoweringPlan
-from recc.lowering.plan import SCAN
+from recc.lowering import SCAN, LoweringPlan
 
 _NO_DEVICE = (
     "needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before triton is "
@@ -55,7 +54,7 @@ class TritonBackend:
             from recc.backends.triton.scan_codegen import Unsupported
 
             try:
-                self._kernels[plan] = ScanKernel(plan.spec, plan.analysis)
+                self._kernels[plan] = ScanKernel(plan.scan)
             except Unsupported as err:
                 self._kernels[plan] = f"no kernel: {err}"
         return self._kernels[plan]
@@ -65,17 +64,17 @@ class TritonBackend:
 
         kernel = self._kernel(plan)
         assert not isinstance(kernel, str), kernel
-        spec, analysis = plan.spec, plan.analysis
+        facts = plan.scan
 
         def run(call: Call):
-            return triton_scan(spec, analysis, kernel, call.tensors, call.initial_state)
+            return triton_scan(facts, kernel, call.tensors, call.initial_state)
 
         return run
 
     def build(self, plan: LoweringPlan) -> str:
         from recc.backends.triton.build import build_module
 
-        return build_module(plan.spec, plan.analysis)
+        return build_module(plan)
 
     def details(self, plan: LoweringPlan, arch: int = 90) -> list[str]:
         """Registers and spills of the generated kernels, compiled ahead of time."""

@@ -35,8 +35,6 @@ import math
 from pathlib import Path
 
 from recc import binding
-from recc.analysis.classify import linear_states
-from recc.analysis.forms import Analysis
 from recc.backends.names import Namespace, docstring_text
 from recc.backends.torch.printer import MODULE_NAMES as PRINTED_NAMES
 from recc.backends.torch.printer import print_last_step, print_step
@@ -49,11 +47,17 @@ from recc.backends.triton.scan_codegen import (
     kernel_spec,
 )
 from recc.backends.triton.wrap import wrap_source
-from recc.ir.nodes import Recurrence
+from recc.ir import ties
+from recc.lowering import LoweringPlan
 from recc.signature import signature_of
 
 # The files `recc build` copies into every module, in order.
-RUNTIME_FILES = (Path(binding.__file__), Path(runtime.__file__))
+RUNTIME_FILES = (Path(ties.__file__), Path(binding.__file__), Path(runtime.__file__))
+_SHOWN = {  # where each copied file lives in recc's source tree
+    "ties.py": "recc/ir/ties.py",
+    "binding.py": "recc/binding.py",
+    "runtime.py": "backends/triton/runtime.py",
+}
 # What the glue defines at module level, beside the kernels' and the runtime's names.
 _GLUE = ("SPEC", "SIGNATURE", "FINITE_STATES", "PLAN", "NO_KERNELS", "ARGUMENTS", "__all__")
 
@@ -84,9 +88,7 @@ def runtime_source() -> tuple[str, tuple[str, ...]]:
                     raise AssertionError(f"{path.name}: a copied file has no __future__ import")
                 names += [(a.asname or a.name).split(".")[0] for a in node.names]
         code = "\n".join(text.splitlines()[start:]).strip("\n")
-        where = (
-            f"recc/{path.name}" if path.parent.name == "recc" else f"backends/triton/{path.name}"
-        )
+        where = _SHOWN.get(path.name, path.name)
         parts.append(f"# ---- runtime: {where}, copied by `recc build` ----\n\n{code}")
     return "\n\n\n".join(parts), tuple(dict.fromkeys(names))
 
@@ -123,15 +125,19 @@ def _literal(value, indent: str = "") -> str:
     raise TypeError(f"not plain data: {value!r}")  # pragma: no cover
 
 
-def build_module(spec: Recurrence, analysis: Analysis, kernels: bool = True) -> str:
+def build_module(lowering: LoweringPlan, kernels: bool = True) -> str:
     """The module's source. With `kernels`, the Triton kernels (Unsupported if the spec
     has none); without, the torch loop only."""
+    spec, analysis = lowering.spec, lowering.analysis
     runtime_code, runtime_names = runtime_source()
     if kernels:
+        if lowering.scan is None:
+            raise Unsupported(f"the {analysis.kind} class has no scan kernel")
         # the kernels compute `rec`: the spec less the states nothing reads, whose finals
         # the wrapper takes from their updates at the last step (see kernel_spec)
-        rec, rec_analysis, unread = kernel_spec(spec, analysis)
-        kernel_source, plan = generate_scan_module(rec, rec_analysis)
+        computed = kernel_spec(lowering.scan)
+        rec, unread = computed.spec, lowering.scan.unread
+        kernel_source, plan = generate_scan_module(computed)
         module = plan.names.parent
         assert module is not None
         kernel_code = kernel_source[kernel_source.index("import triton\n") :].rstrip()
@@ -141,8 +147,9 @@ def build_module(spec: Recurrence, analysis: Analysis, kernels: bool = True) -> 
         module = Namespace(MODULE_NAMES)
         kernel_code = ""
         try:
-            live, live_analysis, _ = kernel_spec(spec, analysis)
-            generate_scan_module(live, live_analysis)
+            if lowering.scan is None:
+                raise Unsupported(f"the {analysis.kind} class has no scan kernel")
+            generate_scan_module(kernel_spec(lowering.scan))
             no_kernels = "built without them"
         except Unsupported as err:
             no_kernels = str(err)
@@ -159,7 +166,7 @@ def build_module(spec: Recurrence, analysis: Analysis, kernels: bool = True) -> 
     wrapper = module.name(("glue", "wrapper"), spec.name)
 
     signature = signature_of(spec)
-    finite = frozenset(linear_states(analysis.form))
+    finite = lowering.finite_states
     leaf_keys = [
         *(("input", i.name) for i in spec.inputs),
         *(("param", p.name) for p in spec.params),

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from recc.analysis.forms import Analysis
 from recc.backends.triton.runtime import Program, ScanFunction, split_results
 from recc.interpreter import last_step
 from recc.ir.nodes import Recurrence
+from recc.lowering import ScanPlan
 from recc.signature import bind
 
 
@@ -36,8 +36,7 @@ def program(spec: Recurrence, kernel: Any) -> Program:
 
 
 def triton_scan(
-    rec: Recurrence,
-    analysis: Analysis,
+    facts: ScanPlan,
     kernel: Any,
     tensors: dict[str, torch.Tensor],
     initial_state: dict[str, torch.Tensor],
@@ -46,7 +45,7 @@ def triton_scan(
 
     A state nothing reads gets its final from its update at the last step, in
     torch (`recc.interpreter.last_step`); the kernels leave it out."""
-    del analysis  # the kernel was generated from it
+    rec = facts.spec
     names = tuple(tensors) + tuple(initial_state)
     leaves = [*tensors.values(), *initial_state.values()]
     results = ScanFunction.apply(program(rec, kernel), names, len(tensors), *leaves)

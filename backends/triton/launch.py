@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 
-from recc.analysis.forms import Analysis
 from recc.backends.triton import runtime
 from recc.backends.triton.cache import load_module
 from recc.backends.triton.runtime import (
@@ -30,7 +29,7 @@ from recc.backends.triton.scan_codegen import (
     kernel_spec,
 )
 from recc.backends.triton.tile import TIME
-from recc.ir.nodes import Recurrence
+from recc.lowering import ScanPlan
 from recc.signature import Bound
 
 # the runtime's key for time is the tile's
@@ -75,13 +74,15 @@ class ScanKernel:
     """A spec's generated forward and backward scan kernels, ready to launch
     (through `runtime.Launcher`, the code a `recc build` module runs)."""
 
-    def __init__(self, rec: Recurrence, analysis: Analysis, module=None) -> None:
-        """`module`: an already imported module with these kernels; by default they are
+    def __init__(self, facts: ScanPlan, module=None) -> None:
+        """The kernels of a spec's scan plan (`facts`; Unsupported if it has none).
+        `module`: an already imported module with these kernels; by default they are
         generated and loaded from the kernel cache."""
-        self.spec = rec
-        self.rec, analysis, self.unread = kernel_spec(rec, analysis)
-        self.source, self.plan = generate_scan_module(self.rec, analysis)
-        self.module = module or load_module(self.source, stem=f"{rec.name}_scan")
+        self.spec = facts.spec
+        computed = kernel_spec(facts)
+        self.rec, self.unread = computed.spec, facts.unread
+        self.source, self.plan = generate_scan_module(computed)
+        self.module = module or load_module(self.source, stem=f"{self.spec.name}_scan")
         self.data = plan_data(self.plan, self.unread)
         self.launcher = Launcher(self.data, vars(self.module))
         self.forward_kernel = self.launcher.forward_kernel

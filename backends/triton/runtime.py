@@ -316,17 +316,6 @@ def split_results(plan: dict, results: tuple) -> tuple[dict, dict]:
 # ---- the time loop: a printed step, one step after another ----
 
 
-def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """max with recc's tie rule: where a >= b (or a is NaN) it is a, which then gets
-    the whole gradient (torch.maximum would split a tie half and half)."""
-    return torch.where((a >= b) | torch.isnan(a), a, b)
-
-
-def minimum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """min with recc's tie rule: a where a <= b (or a is NaN)."""
-    return torch.where((a <= b) | torch.isnan(a), a, b)
-
-
 def full(value: torch.Tensor, bound: Any, dims: tuple) -> torch.Tensor:
     """Broadcast a per-step value to its full `[B, (H), *dims]` shape."""
     shape = (bound.B, *bound.batch_heads, *bound.shape_of(dims))

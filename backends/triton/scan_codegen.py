@@ -51,18 +51,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recc.analysis.classify import analyze
-from recc.analysis.forms import Analysis, DiagonalBlock, DiagonalForm, MinMaxForm
-from recc.analysis.liveness import states_read, unread_states, without_states
-from recc.analysis.rewrite import mentions, readouts_at_old_states, state_dependent_lets
 from recc.backends.names import Namespace, comment_text, docstring_text
 from recc.backends.triton.tile import (
     HELPERS,
-    NAN,
     TIME,
     TileEmitter,
     TileLayout,
-    contracted_dims,
     inline,
     literal,
     unsupported_reason,
@@ -70,6 +64,15 @@ from recc.backends.triton.tile import (
 from recc.backends.triton.wrap import ungrouped, wrap_source
 from recc.ir.autodiff import COTANGENT, Cotangents, vjp
 from recc.ir.nodes import Expr, Recurrence, Ref, substitute, walk
+from recc.lowering import (
+    Analysis,
+    DiagonalBlock,
+    DiagonalForm,
+    MinMaxForm,
+    ScanPlan,
+    old_name,
+    old_state,
+)
 from recc.lowering.algebra import Algebra, affine, minmax, operand, pair, routing
 
 INF = float("inf")
@@ -127,19 +130,6 @@ class ScanKernelPlan:
         return self.layout.block(axis)
 
 
-# A readout's reference to a state one step back (h_{t-1}, through a let of the old
-# state): a name no spec can spell, read from the kernels' `h_old` tile.
-_OLD = "old state "
-
-
-def old_name(state: str) -> str:
-    return _OLD + state
-
-
-def old_state(s) -> Ref:
-    return Ref(s.dims, old_name(s.name), "state")
-
-
 class Unsupported(Exception):
     """This spec has no Triton scan kernel (yet); the reason says why."""
 
@@ -195,28 +185,21 @@ def _tensor_arg(ns: Namespace, key: tuple[str, str], axes, dims, pointer: str) -
     return TensorArg(key, tuple(axes), tuple(dims), ns.name(("pointer", key), pointer), strides)
 
 
-def plan_scan_kernel(rec: Recurrence, analysis: Analysis) -> ScanKernelPlan:
-    if not isinstance(analysis.form, (DiagonalForm, MinMaxForm)):
-        raise Unsupported(f"the {analysis.kind} class has no scan kernel")
-    names = {s.name for s in rec.states}
-    dependent = state_dependent_lets(rec, names)
-    free_lets = [let.expr for let in rec.lets if let.name not in dependent]
+def plan_scan_kernel(facts: ScanPlan) -> ScanKernelPlan:
+    rec, analysis = facts.spec, facts.analysis
+    free_lets = [let.expr for let in facts.state_free_lets]
     # an output reading a let of the old state reads h_{t-1}: the kernels keep it
-    outputs = readouts_at_old_states(rec, old_state)
-    old_read = tuple(
-        s.name for s in rec.states if any(mentions(o, {old_name(s.name)}) for o in outputs)
-    )
+    outputs = list(facts.readouts)
+    old_read = facts.old_read
     for name in old_read:
-        if not states_read(rec, rec.update_of(name)):
+        if not facts.update_reads[name]:
             raise Unsupported(
                 f"an output reads state '{name}' one step back (through a let), and its "
                 "update reads no state, so the kernels have no adjoint scan to carry that "
                 "gradient in; the torch backend computes it"
             )
     coefficients = [e for e in _coefficients(analysis) if e is not None]
-    updates = [u.expr for u in rec.updates] + [
-        let.expr for let in rec.lets if let.name in dependent
-    ]
+    updates = [u.expr for u in rec.updates] + [let.expr for let in facts.state_reading_lets]
     exprs = free_lets + coefficients + outputs
     layout = _layout(rec, exprs + updates)
     reason = unsupported_reason(exprs + updates, layout)
@@ -225,8 +208,7 @@ def plan_scan_kernel(rec: Recurrence, analysis: Analysis) -> ScanKernelPlan:
     for s in rec.states:
         if len(set(s.dims)) != len(s.dims):
             raise Unsupported(f"state '{s.name}' of shape {list(s.dims)} repeats a dim")
-    contracted = contracted_dims(exprs + updates)
-    blocked = next((d for d in layout.dims if d not in contracted), None)
+    blocked = next((d for d in layout.dims if d not in facts.contracted), None)
     used = {n.name for e in exprs + updates for n in walk(e) if isinstance(n, Ref)}
     inputs = tuple((i.name, i.dims) for i in rec.inputs if i.name in used)
     params = tuple((p.name, p.dims) for p in rec.value_params() if p.name in used)
@@ -346,6 +328,14 @@ class _BlockStructure:
         )
 
 
+def _applied(algebra: Algebra, slots: dict[str, str], state: dict[str, str]) -> dict[str, str]:
+    """`algebra`'s apply printed: `slots` maps each present slot to the variable that
+    holds it (the others are absent), `state` each component to its variable. A result
+    that comes out absent (no slot reaches it) is left out."""
+    exprs = algebra.specialize_apply(frozenset(slots))
+    return {x: ungrouped(inline(e, slots | state)) for x, e in exprs.items()}
+
+
 def _sum_or_zero(terms: list[str], like: str) -> str:
     return " + ".join(terms) if terms else f"tl.zeros_like({like})"
 
@@ -423,10 +413,10 @@ def _shift_combine(name: str) -> list[str]:
 class _Writer:
     """Writes one kernel (forward or backward) in its own local scope."""
 
-    def __init__(
-        self, rec: Recurrence, analysis: Analysis, plan: ScanKernelPlan, ns: Namespace, fns
-    ) -> None:
-        self.rec, self.analysis, self.plan = rec, analysis, plan
+    def __init__(self, facts: ScanPlan, plan: ScanKernelPlan, ns: Namespace, fns) -> None:
+        self.facts, self.plan = facts, plan
+        rec, analysis = facts.spec, facts.analysis
+        self.rec, self.analysis = rec, analysis
         self.layout = plan.layout
         self.form = analysis.form
         self.ns = ns
@@ -437,10 +427,9 @@ class _Writer:
         else:
             self.groups = [s.name for s in rec.states]
             self.structures = []
-        self.dependent = state_dependent_lets(rec, {s.name for s in rec.states})
+        self.dependent = facts.reading_names
         self.args: dict[str, TensorArg] = {}
         self.seeded: set[str] = set()  # variables holding a seed's cotangent (every step's)
-        self._timed: dict[str, bool] | None = None
 
     def v(self, *key: object, preferred: str) -> str:
         """A local variable of this kernel."""
@@ -662,32 +651,29 @@ class _Writer:
                 f"{', '.join([*scanned_a.values(), *scanned_b.values()])}, = tl.associative_scan("
                 f"({', '.join(operands)},), 0, {self.fns[g]['combine']})"
             ]
+            # the scanned maps applied to the carried state (the affine algebra's apply)
+            names = {f"a_{i}{j}": v for (i, j), v in scanned_a.items()}
+            names |= {f"b_{i}": v for i, v in scanned_b.items()}
+            new = _applied(
+                affine(st.k),
+                names,
+                {f"x_{j}": self.state_var("carry", s) for j, s in enumerate(states)},
+            )
             for i, target in enumerate(states):
-                terms = [
-                    f"{scanned_a[(i, j)]} * {self.state_var('carry', s)}"
-                    for j, s in enumerate(states)
-                    if (i, j) in scanned_a
-                ]
-                if i in scanned_b:
-                    terms.append(scanned_b[i])
-                lines.append(
-                    f"{self.state_var('new', target)} = {_sum_or_zero(terms, self.zeros(dims))}"
-                )
+                value = new.get(f"x_{i}", self.zeros(dims))
+                lines.append(f"{self.state_var('new', target)} = {value}")
             return lines
         (name,) = states
         A, B = self.v("A", g, preferred=f"A{g}"), self.v("B", g, preferred=f"B{g}")
         lines = [
             f"{A}, {B} = tl.associative_scan(({c['a']}, {c['b']}), 0, {self.fns[g]['combine']})"
         ]
-        new = self.apply_minmax(self.state_var("carry", name), A, B)
-        lines.append(f"{self.state_var('new', name)} = {new}")
+        # the scanned map applied to the carried state (the semiring's apply)
+        new = _applied(
+            minmax(self.form.semiring), {"a": A, "b": B}, {"x_0": self.state_var("carry", name)}
+        )
+        lines.append(f"{self.state_var('new', name)} = {new['x_0']}")
         return lines
-
-    def apply_minmax(self, x: str, a: str, b: str) -> str:
-        if self.form.semiring == "max-min":
-            return f"tl.maximum(tl.minimum({x}, {a}, {NAN}), {b}, {NAN})"
-        join = "minimum" if self.form.semiring == "min-plus" else "maximum"
-        return f"tl.{join}({x} + {a}, {b}, {NAN})"
 
     # -- forward --
     def forward(self) -> list[str]:
@@ -895,9 +881,7 @@ class _Writer:
 
     def varies(self, name: str) -> bool:
         """Whether a name has a time axis in the tile (a seed's cotangent has)."""
-        if self._timed is None:
-            self._timed = self.timed_names()
-        return name in self.seeded or self._timed[name]
+        return name in self.seeded or name in self.facts.time_varying
 
     @staticmethod
     def label(emitter: TileEmitter, found: Cotangents) -> None:
@@ -909,17 +893,6 @@ class _Writer:
             held = emitter.memo.get(node)
             if held is not None and held.startswith("_"):
                 emitter.labels.setdefault(ct, f"d{held}")
-
-    def timed_names(self) -> dict[str, bool]:
-        """Which names vary over time (have a time axis in the tile)."""
-        timed = {n: True for n, _ in self.plan.inputs}
-        timed.update({n: False for n, _ in self.plan.params})
-        timed.update({n: True for n, _ in self.plan.states})
-        timed.update({old_name(n): True for n, _ in self.plan.states})
-        for let in self.rec.lets:
-            refs = {x.name for x in walk(let.expr) if isinstance(x, Ref)}
-            timed[let.name] = any(timed.get(r, False) for r in refs)
-        return timed
 
     def diagonal_adjoint(self, g: int, c: dict, emitter: TileEmitter):
         """g_t = dh_t + J_{t+1}^T g_{t+1} by a reverse scan. Returns the statements
@@ -973,13 +946,14 @@ class _Writer:
                 f"{', '.join([*R.values(), *S.values(), *r, *sv])} = tl.associative_scan("
                 f"({', '.join(operands)},), 0, {self.fns[g]['combine_adjoint']}, reverse=True)"
             )
+            # the scanned maps applied to u (the pair algebra's apply): g_t, and u_t
+            names = {f"r_{i}{j}": v for (i, j), v in R.items()}
+            names |= {f"s_{i}{j}": v for (i, j), v in S.items()}
+            names |= {f"rv_{i}": r[i] for i in range(k)} | {f"sv_{i}": sv[i] for i in range(k)}
+            applied = _applied(pair(k), names, {f"u_{j}": u[j] for j in range(k)})
             for i in range(k):
-                gi = " + ".join([f"{R[(i, j)]} * {u[j]}" for j in range(k) if (i, j) in R] + [r[i]])
-                ui = " + ".join(
-                    [f"{S[(i, j)]} * {u[j]}" for j in range(k) if (i, j) in S] + [sv[i]]
-                )
-                lines.append(f"{gs[i]} = tl.where({valid}, {gi}, 0.0)")
-                lines.append(f"{uu[i]} = {ui}")
+                lines.append(f"{gs[i]} = tl.where({valid}, {applied[f'g_{i}']}, 0.0)")
+                lines.append(f"{uu[i]} = {applied[f'u_{i}']}")
         coupling, inject = c["exprs"]
         m_T = self.layout.mask(TIME)
         seeds = []
@@ -1017,8 +991,8 @@ class _Writer:
         ones = self.v("ones", g, preferred=f"ones{g}")
         lines.append(f"{ones} = tl.full({shape}, 1.0, DTYPE)")
         seed = self.cotangent_ref(emitter, ones, dims)
-        routing = vjp([(update, seed)], wrt={old_name(name)}.__contains__, varies=self.varies)
-        through = routing.of(old_name(name))
+        routed = vjp([(update, seed)], wrt={old_name(name)}.__contains__, varies=self.varies)
+        through = routed.of(old_name(name))
         value = (
             "0.0" if through is None else f"({emitter.emit(through)}) + tl.zeros({shape}, DTYPE)"
         )
@@ -1040,14 +1014,18 @@ class _Writer:
             f"{R}, {U}, {Rv}, {Uv} = tl.associative_scan(({one}, {rho}, {dh}, {routed_dh}), "
             f"0, {self.fns[g]['combine_adjoint']}, reverse=True)"
         )
-        lines.append(f"{gs} = tl.where({valid}, tl.where({R} != 0.0, {u}, 0.0) + {Rv}, 0.0)")
-        lines.append(f"{uu} = tl.where({U} != 0.0, {u}, 0.0) + {Uv}")
+        # the scanned maps applied to u (the routing algebra's apply): g_t, and u_t
+        apply = routing().apply
+        scanned = {"r": R, "s": U, "rv": Rv, "sv": Uv, "u": u}
+        g_t = ungrouped(inline(apply["g"], scanned))
+        lines.append(f"{gs} = tl.where({valid}, {g_t}, 0.0)")
+        lines.append(f"{uu} = {ungrouped(inline(apply['u'], scanned))}")
         # the operands' cotangents: g_t pushed back through the update as written
         return lines, [(update, self.cotangent_ref(emitter, gs, dims))]
 
 
-def kernel_spec(rec: Recurrence, analysis: Analysis):
-    """(the spec the kernels compute, its analysis, the states they leave out).
+def kernel_spec(facts: ScanPlan) -> ScanPlan:
+    """The plan of the spec the kernels compute: `facts` without its unread states.
 
     A state nothing reads is seen only as a final state: the kernels leave it
     out, and `triton_scan` (and a `recc build` module) compute its final from
@@ -1055,35 +1033,30 @@ def kernel_spec(rec: Recurrence, analysis: Analysis):
     differentiate every step's update, multiplying the earlier steps' zero
     cotangents by derivatives that may be infinite (0 * inf = NaN; see
     recc.analysis.liveness)."""
-    unread = unread_states(rec)
-    if not unread:
-        return rec, analysis, ()
-    for name in unread:
-        read = sorted(states_read(rec, rec.update_of(name)))
+    for name in facts.unread:
+        read = facts.update_reads[name]
         if read:
             raise Unsupported(
                 f"state '{name}' is read by no update or output, and its update reads "
                 f"state '{read[0]}': its final needs '{read[0]}' one step before the end, "
                 "which the kernels do not keep; the torch backend computes it"
             )
-    if len(unread) == len(rec.states):
+    if facts.kernel is None:
         raise Unsupported(
             "no update or output reads any state, so there is nothing to scan; "
             "the torch backend computes the final states from the last step"
         )
-    live = without_states(rec, set(unread))
-    live_analysis = analyze(live)
-    if live_analysis.kind != analysis.kind:  # pragma: no cover - removing states keeps the class
-        raise Unsupported(f"without its unread states the spec is {live_analysis.kind}")
-    return live, live_analysis, unread
+    return facts.kernel
 
 
-def generate_scan_module(rec: Recurrence, analysis: Analysis) -> tuple[str, ScanKernelPlan]:
-    """The source of a module with the forward and backward scan kernels."""
-    plan = plan_scan_kernel(rec, analysis)
+def generate_scan_module(facts: ScanPlan) -> tuple[str, ScanKernelPlan]:
+    """The source of a module with the forward and backward scan kernels of `facts`
+    (a kernel plan: `kernel_spec`)."""
+    rec, analysis = facts.spec, facts.analysis
+    plan = plan_scan_kernel(facts)
     fns = plan.functions
-    forward = _Writer(rec, analysis, plan, plan.names.child(), fns)
-    backward = _Writer(rec, analysis, plan, plan.names.child(), fns)
+    forward = _Writer(facts, plan, plan.names.child(), fns)
+    backward = _Writer(facts, plan, plan.names.child(), fns)
     out = [
         f'"""Triton scan kernels for recurrence `{rec.name}` ({docstring_text(rec.filename)}), '
         "generated by recc.",

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recc.analysis.rewrite import ExprOps, NotCanonical
 from recc.backends.names import Namespace
 from recc.ir.evaluate import evaluate
+from recc.ir.fold import ExprOps, NotCanonical
 from recc.ir.nodes import Apply, Const, Dims, Expr, Ref, walk
 
 # max and min propagate NaN from either side, as the interpreter's do (Triton's
@@ -73,7 +73,20 @@ def inline(expr: Expr, names: dict[str, str]) -> str:
     if isinstance(expr, Const):
         return literal(expr.value)
     assert isinstance(expr, Apply) and expr.op in PRINT, expr
-    return PRINT[expr.op].format(*(inline(a, names) for a in expr.args))
+    args = [inline(a, names) for a in expr.args]
+    for i, a in enumerate(expr.args):
+        if _needs_no_brackets(expr.op, i, a):
+            args[i] = args[i][1:-1]  # PRINT's "(x * y)": one pair around all of it
+    return PRINT[expr.op].format(*args)
+
+
+def _needs_no_brackets(op: str, position: int, arg: Expr) -> bool:
+    """Whether operand `arg` of `op` parses the same without its brackets: a product in
+    a sum, and the left operand of the same left-associative operator (a + b + c is
+    (a + b) + c, the same tree and so the same rounding)."""
+    if not isinstance(arg, Apply) or arg.op not in ("add", "mul"):
+        return False
+    return (op == "add" and arg.op == "mul") or (op == arg.op and position == 0)
 
 
 # Exponents with |p| up to this are products (and a square root for halves), as
@@ -233,19 +246,6 @@ def unsupported_reason(exprs: list[Expr], layout: TileLayout) -> str | None:
             if outside:
                 return f"dim {outside[0]} is not on the kernel's tile"
     return None
-
-
-def contracted_dims(exprs: list[Expr]) -> set[str]:
-    """Dims some reduction sums over: they cannot be split across programs."""
-    found: set[str] = set()
-    for expr in exprs:
-        for node in walk(expr):
-            if isinstance(node, Apply):
-                if node.op == "matmul":
-                    found.add(node.args[0].dims[-1])
-                elif node.op in ("dot", "sum"):
-                    found.update(node.args[0].dims)
-    return found
 
 
 @dataclass

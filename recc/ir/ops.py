@@ -42,6 +42,7 @@ import sympy
 import torch
 
 from recc.ir.nodes import Apply, Const, Expr
+from recc.ir.ties import max_picks_first, maximum, min_picks_first, minimum
 
 
 class Kind(Enum):
@@ -90,29 +91,9 @@ def _select(cond: Expr, a: Expr, b: Expr) -> Apply:
 # ---- recc's tie rule, and the functions torch and sympy spell differently ----
 
 
-def max_picks_first(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Where max(a, b) is a: a >= b, or a is NaN. On a tie the first operand wins
-    (and gets the gradient; torch.maximum would split it), and NaN propagates."""
-    return (a >= b) | torch.isnan(a)
-
-
-def min_picks_first(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a <= b) | torch.isnan(a)
-
-
 def broadcast_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`value` broadcast to the shape of `value` and `like` together."""
     return torch.broadcast_to(value, torch.broadcast_shapes(value.shape, like.shape))
-
-
-def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """max with recc's tie rule (see `max_picks_first`)."""
-    return torch.where(max_picks_first(a, b), a, b)
-
-
-def minimum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """min with recc's tie rule: on a tie the gradient goes to the first operand."""
-    return torch.where(min_picks_first(a, b), a, b)
 
 
 class _PositiveOfReal(sympy.Function):

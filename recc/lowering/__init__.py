@@ -3,6 +3,25 @@
 May import: recc.ir, recc.analysis. Never a backend.
 """
 
-from recc.lowering.plan import LoweringPlan, plan
+from recc.analysis.forms import Analysis, DiagonalBlock, DiagonalForm, MinMaxForm
+from recc.lowering.plan import CHUNKWISE, NEWTON, SCAN, LoweringPlan, plan
+from recc.lowering.scan import ScanGroup, ScanPlan, old_name, old_state, scan_plan
 
-__all__ = ["LoweringPlan", "plan"]
+# The plan's vocabulary: a backend reads the canonical forms through a plan and
+# imports them from here, never from recc.analysis.
+__all__ = [
+    "CHUNKWISE",
+    "NEWTON",
+    "SCAN",
+    "Analysis",
+    "DiagonalBlock",
+    "DiagonalForm",
+    "LoweringPlan",
+    "MinMaxForm",
+    "ScanGroup",
+    "ScanPlan",
+    "old_name",
+    "old_state",
+    "plan",
+    "scan_plan",
+]

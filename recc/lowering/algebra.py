@@ -201,7 +201,16 @@ def _pair(k: int) -> Algebra:
     slots = (*mats["r"], *mats["s"], *vecs["rv"], *vecs["sv"])
     identity = {s: float(s[-2] == s[-1]) for s in (*mats["r"], *mats["s"])}
     identity |= {s: 0.0 for s in (*vecs["rv"], *vecs["sv"])}
-    return Algebra("pair", slots, {s: ZERO for s in slots}, identity, combine)
+    # applied to the adjoint u entering from after the step: the step's cotangents
+    # g_i = sum_j R_ij u_j + r_i and the adjoint it hands on, u_i = sum_j S_ij u_j + s_i
+    us = tuple(f"u_{i}" for i in range(k))
+    apply: dict[str, Expr] = {}
+    for out, (L, v) in (("g", ("r", "rv")), ("u", ("s", "sv"))):
+        for i in range(k):
+            products = [_op("mul", _ref(f"{L}_{i}{j}"), _ref(us[j])) for j in range(k)]
+            apply[f"{out}_{i}"] = _sum(products + [_ref(f"{v}_{i}")])
+    absent = {s: ZERO for s in slots}
+    return Algebra("pair", slots, absent, identity, combine, us, apply)
 
 
 def _minmax(semiring: str) -> Algebra:
@@ -245,7 +254,15 @@ def _routing() -> Algebra:
     }
     slots = ("r", "s", "rv", "sv")
     identity = {"r": 1.0, "s": 1.0, "rv": 0.0, "sv": 0.0}
-    return Algebra("routing", slots, {slot: ZERO for slot in slots}, identity, combine)
+    # applied to the adjoint u entering from after the step: the step's cotangent g
+    # and the adjoint it hands on, u' (the component, so maps chain through it)
+    u = _ref("u")
+    apply = {
+        "g": _op("add", routed(_ref("r"), u), _ref("rv")),
+        "u": _op("add", routed(_ref("s"), u), _ref("sv")),
+    }
+    absent = {slot: ZERO for slot in slots}
+    return Algebra("routing", slots, absent, identity, combine, ("u",), apply)
 
 
 _VALUE = {ZERO: 0.0, POS_INF: math.inf, NEG_INF: -math.inf}

@@ -8,10 +8,12 @@ which executors run it is each backend's answer (`recc.backends.registry`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from recc.analysis.classify import linear_states
 from recc.analysis.forms import DIAGONAL, DPLR, MINMAX, Analysis, DiagonalForm
 from recc.ir.nodes import Recurrence
+from recc.lowering.scan import ScanPlan, scan_plan
 
 SCAN = "scan"
 CHUNKWISE = "chunkwise"
@@ -25,6 +27,9 @@ class LoweringPlan:
     why: str
     spec: Recurrence
     analysis: Analysis
+    scan: ScanPlan | None = None  # SCAN: the facts its backends read (recc.lowering.scan)
+    # states a linear form reads, which must start finite (checked at call time)
+    finite_states: frozenset[str] = frozenset()
 
     @property
     def kind(self) -> str:
@@ -32,6 +37,12 @@ class LoweringPlan:
 
 
 def plan(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
+    chosen = _algorithm(rec, analysis)
+    facts = scan_plan(rec, analysis) if chosen.algorithm == SCAN else None
+    return replace(chosen, scan=facts, finite_states=frozenset(linear_states(analysis.form)))
+
+
+def _algorithm(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
     kind = analysis.kind
     if kind == DIAGONAL:
         assert isinstance(analysis.form, DiagonalForm)
