@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from recc.lowering.algebra import (
+    EYE,
     NEG_INF,
     POS_INF,
     ZERO,
@@ -21,43 +22,64 @@ from recc.lowering.algebra import (
     affine,
     apply_function,
     combine_function,
+    dense,
     minmax,
     pair,
     routing,
 )
 
-ALGEBRAS = [affine(1), affine(2), affine(3), pair(1), pair(2), routing()] + [
+ALGEBRAS = [affine(1), affine(2), affine(3), pair(1), pair(2), routing(), dense()] + [
     minmax(s) for s in ("max-min", "max-plus", "min-plus")
 ]
 LEFT_IDENTITY_ONLY = ("pair", "routing")  # see recc.lowering.algebra.pair
 ELEMENT = {ZERO: 0.0, POS_INF: math.inf, NEG_INF: -math.inf}
-N = 4  # elements per slot tensor
+N = 4  # maps per slot tensor (each slot holds N maps' values side by side)
+SIZE = 3  # a dense map's n
+
+
+def shape(algebra: Algebra, name: str) -> tuple[int, ...]:
+    """A slot's (or component's) tensor: N maps, each a number or an n (x n) tensor."""
+    return (N,) + (SIZE,) * len(algebra.dims.get(name, ()))
+
+
+def identity_map(algebra: Algebra) -> dict[str, torch.Tensor]:
+    def value(slot: str, v) -> torch.Tensor:
+        if v == EYE:
+            return torch.eye(SIZE, dtype=torch.float64).expand(shape(algebra, slot))
+        return torch.full(shape(algebra, slot), v, dtype=torch.float64)
+
+    return {s: value(s, v) for s, v in algebra.identity.items()}
 
 
 @st.composite
 def maps(draw, algebra: Algebra) -> dict[str, torch.Tensor]:
     """A map: some slots present (integer values), the others absent."""
     present = draw(st.lists(st.sampled_from(algebra.slots), unique=True))
-    values = st.lists(st.integers(-3, 3), min_size=N, max_size=N)
-    routings = st.lists(st.integers(0, 1), min_size=N, max_size=N)  # R and S of a routing
 
-    def draw_slot(slot: str) -> list[int]:
-        return draw(routings if algebra.name == "routing" and slot in ("r", "s") else values)
+    def draw_slot(slot: str) -> torch.Tensor:
+        size = math.prod(shape(algebra, slot))
+        low = 0 if algebra.name == "routing" and slot in ("r", "s") else -3  # 0/1 routings
+        high = 1 if low == 0 else 3
+        values = draw(st.lists(st.integers(low, high), min_size=size, max_size=size))
+        return torch.tensor(values, dtype=torch.float64).reshape(shape(algebra, slot))
 
-    return {s: torch.tensor(draw_slot(s), dtype=torch.float64) for s in sorted(present)}
+    return {s: draw_slot(s) for s in sorted(present)}
 
 
 def combine(algebra: Algebra, m1: dict, m2: dict) -> dict:
     return combine_function(algebra, frozenset(m1), frozenset(m2))(m1, m2)
 
 
-def dense(algebra: Algebra, m: dict) -> dict:
+def materialised(algebra: Algebra, m: dict) -> dict:
     """Every slot, an absent one as its structural element's value."""
-    return {s: m.get(s, torch.full((N,), ELEMENT[algebra.absent[s]])) for s in algebra.slots}
+    return {
+        s: m.get(s, torch.full(shape(algebra, s), ELEMENT[algebra.absent[s]], dtype=torch.float64))
+        for s in algebra.slots
+    }
 
 
 def same(x: dict, y: dict, algebra: Algebra) -> bool:
-    x, y = dense(algebra, x), dense(algebra, y)
+    x, y = materialised(algebra, x), materialised(algebra, y)
     return all(torch.equal(x[s], y[s]) for s in algebra.slots)
 
 
@@ -74,7 +96,7 @@ def test_combine_is_associative(data) -> None:
 def test_the_identity_map_changes_nothing(data) -> None:
     algebra = data.draw(st.sampled_from(ALGEBRAS))
     m = data.draw(maps(algebra))
-    identity = {s: torch.full((N,), v, dtype=torch.float64) for s, v in algebra.identity.items()}
+    identity = identity_map(algebra)
     assert same(combine(algebra, identity, m), m, algebra)
     if algebra.name not in LEFT_IDENTITY_ONLY:
         assert same(combine(algebra, m, identity), m, algebra)
@@ -86,7 +108,9 @@ def test_an_absent_slot_is_its_structural_element(data) -> None:
     algebra = data.draw(st.sampled_from(ALGEBRAS))
     m1, m2 = data.draw(maps(algebra)), data.draw(maps(algebra))
     assert same(
-        combine(algebra, m1, m2), combine(algebra, dense(algebra, m1), dense(algebra, m2)), algebra
+        combine(algebra, m1, m2),
+        combine(algebra, materialised(algebra, m1), materialised(algebra, m2)),
+        algebra,
     )
 
 
@@ -97,7 +121,8 @@ def applying_composed_is_applying_both(algebra: Algebra, m1: dict, m2: dict, sta
     def apply(m, s):
         """Every result of `apply` (an absent one is 0: the zero map's), keyed by name."""
         out = apply_function(algebra, frozenset(m))(m, s)
-        return {x: out.get(x, torch.zeros(N, dtype=torch.float64)) for x in algebra.apply}
+        zero = {x: torch.zeros(shape(algebra, x), dtype=torch.float64) for x in algebra.apply}
+        return {x: out.get(x, zero[x]) for x in algebra.apply}
 
     once = apply(combine(algebra, m1, m2), state)
     after_first = apply(m1, state)
@@ -107,8 +132,12 @@ def applying_composed_is_applying_both(algebra: Algebra, m1: dict, m2: dict, sta
 
 
 def states(data, algebra: Algebra) -> dict:
-    xs = st.lists(st.integers(-3, 3), min_size=N, max_size=N)
-    return {x: torch.tensor(data.draw(xs), dtype=torch.float64) for x in algebra.components}
+    def draw(x: str) -> torch.Tensor:
+        size = math.prod(shape(algebra, x))
+        values = data.draw(st.lists(st.integers(-3, 3), min_size=size, max_size=size))
+        return torch.tensor(values, dtype=torch.float64).reshape(shape(algebra, x))
+
+    return {x: draw(x) for x in algebra.components}
 
 
 @given(st.data())
@@ -148,9 +177,37 @@ def test_routing_laws(data) -> None:
         combine(algebra, m1, combine(algebra, m2, m3)),
         algebra,
     )
-    identity = {s: torch.full((N,), v, dtype=torch.float64) for s, v in algebra.identity.items()}
+    identity = identity_map(algebra)
     assert same(combine(algebra, identity, m1), m1, algebra)
     assert same(
-        combine(algebra, m1, m2), combine(algebra, dense(algebra, m1), dense(algebra, m2)), algebra
+        combine(algebra, m1, m2),
+        combine(algebra, materialised(algebra, m1), materialised(algebra, m2)),
+        algebra,
     )
     assert applying_composed_is_applying_both(algebra, m1, m2, states(data, algebra))
+
+
+@given(st.data())
+def test_dense_laws_and_agreement_with_the_affine_blocks(data) -> None:
+    """The dense maps obey the laws, and compose and apply as affine(n) does with the
+    same matrix written slot by slot (a_ij = A[i, j])."""
+    algebra, blocks = dense(), affine(SIZE)
+    m1, m2, m3 = (data.draw(maps(algebra)) for _ in range(3))
+    assert same(
+        combine(algebra, combine(algebra, m1, m2), m3),
+        combine(algebra, m1, combine(algebra, m2, m3)),
+        algebra,
+    )
+    identity = identity_map(algebra)
+    assert same(combine(algebra, identity, m1), m1, algebra)
+    assert same(combine(algebra, m1, identity), m1, algebra)
+    assert applying_composed_is_applying_both(algebra, m1, m2, states(data, algebra))
+
+    def as_slots(m: dict) -> dict:
+        full = materialised(algebra, m)
+        slots = {f"a_{i}{j}": full["A"][:, i, j] for i in range(SIZE) for j in range(SIZE)}
+        return slots | {f"b_{i}": full["b"][:, i] for i in range(SIZE)}
+
+    composed = as_slots(combine(algebra, m1, m2))
+    by_blocks = combine(blocks, as_slots(m1), as_slots(m2))
+    assert all(torch.equal(composed[s], by_blocks[s]) for s in blocks.slots)

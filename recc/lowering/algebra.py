@@ -8,13 +8,14 @@ named slots; an `Algebra` holds, as IR expressions over those slots:
   apply     the new state's components `x_i` from a map and the old state
   identity  the slots of the identity map (what padded steps are given)
 
-for the affine maps of a diagonal block (h -> A h + b, k x k), the pair maps
-the diagonal backward's reverse scan composes (u -> (R u + r, S u + s)), the
-MinMax semirings (max-min, max-plus, min-plus) and the routings the MinMax
-backward's reverse scan composes (a pair map whose R, S are 0 or 1). The torch backend runs
-them (`compiled`: a function of tensors), the Triton backend prints them
-(`backends/triton/scan_codegen.py`), and tests/test_algebra.py checks that
-each is associative with its identity.
+for the affine maps of a diagonal block (h -> A h + b, k x k), the dense maps
+of a whole state (h -> A h + b with A one [N, N] slot: Newton's linearised
+step), the pair maps the diagonal backward's reverse scan composes
+(u -> (R u + r, S u + s)), the MinMax semirings (max-min, max-plus, min-plus)
+and the routings the MinMax backward's reverse scan composes (a pair map whose
+R, S are 0 or 1). The torch backend runs them (`compiled`: a function of
+tensors), the Triton backend prints them (`backends/triton/scan_codegen.py`),
+and tests/test_algebra.py checks that each is associative with its identity.
 
 A slot may be **absent** (the spec has no such coefficient, or no product
 reaches it): it is then not a value but the structural element it stands
@@ -34,13 +35,15 @@ from functools import reduce
 from typing import Any
 
 from recc.ir.evaluate import evaluate
-from recc.ir.nodes import Apply, Const, Expr, Ref
+from recc.ir.nodes import Apply, Const, Expr, Ref, walk
 from recc.ir.ops import OPS
 
 SLOT = "slot"  # the role of a slot's (or a state component's) reference
 
 # The structural elements an absent slot stands for.
 ZERO, POS_INF, NEG_INF = "zero", "+inf", "-inf"
+# The identity map's value of a matrix slot: the identity matrix over its dims.
+EYE = "eye"
 
 
 def _ref(name: str) -> Ref:
@@ -67,10 +70,13 @@ class Algebra:
     name: str  # "affine", "pair", "max-min", "max-plus", "min-plus"
     slots: tuple[str, ...]
     absent: dict[str, str] = field(compare=False)  # slot -> what it is when absent
-    identity: dict[str, float] = field(compare=False)  # slot -> the identity map's value
+    # slot -> the identity map's value: a number, or EYE for a matrix slot
+    identity: dict[str, float | str] = field(compare=False)
     combine: dict[str, Expr] = field(compare=False)  # slot -> IR over operand(slot, 1|2)
     components: tuple[str, ...] = ()  # the state's components x_i, for `apply`
     apply: dict[str, Expr] = field(default_factory=dict, compare=False)  # x_i -> IR
+    # the dims of a slot or component that is a tensor per map (dense); others are ()
+    dims: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     # torch functions built so far, by slot pattern (see `combine_for`, `apply_for`)
     functions: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -135,6 +141,11 @@ def pair(k: int) -> Algebra:
 def minmax(semiring: str) -> Algebra:
     """max(min(h, a), b), max(h + a, b) or min(h + a, b) (see `_minmax`)."""
     return _once(("minmax", semiring), lambda: _minmax(semiring))
+
+
+def dense() -> Algebra:
+    """h -> A h + b with A a whole n x n matrix: (A2 A1, A2 b1 + b2) (see `_dense`)."""
+    return _once(("dense",), _dense)
 
 
 def routing() -> Algebra:
@@ -231,6 +242,33 @@ def _minmax(semiring: str) -> Algebra:
     return Algebra(semiring, ("a", "b"), absent, identity, combine, ("x_0",), {"x_0": apply})
 
 
+def _dense() -> Algebra:
+    """The affine maps of a state h[N] whose step couples every element with every
+    other (Newton's linearised step with a dense Jacobian: h_t = J_t h_{t-1} + r_t).
+
+    Unlike `affine(k)`, whose k x k coefficients are slots of their own (k is a
+    spec's handful of coupled states), A is one slot holding the matrix, `A[N, N]`
+    (rows the new state, columns the old), and b one slot `b[N]`: their size is a
+    dim's, known at the call. An absent A is the zero matrix (the step reads no
+    state), an absent b the zero vector."""
+    n = ("N",)
+
+    def ref(name: str, dims: tuple[str, ...]) -> Ref:
+        return Ref(dims, name, SLOT)
+
+    def matmul(a: Ref | Apply, b: Ref | Apply) -> Apply:
+        return Apply(a.dims[:-1] + b.dims[1:], "matmul", (a, b))
+
+    A1, A2 = ref("A1", n + n), ref("A2", n + n)
+    b1, b2 = ref("b1", n), ref("b2", n)
+    combine = {"A": matmul(A2, A1), "b": Apply(n, "add", (matmul(A2, b1), b2))}
+    x = ref("x", n)
+    apply = {"x": Apply(n, "add", (matmul(ref("A", n + n), x), ref("b", n)))}
+    dims = {"A": n + n, "b": n, "x": n}
+    absent = {"A": ZERO, "b": ZERO}
+    return Algebra("dense", ("A", "b"), absent, {"A": EYE, "b": 0.0}, combine, ("x",), apply, dims)
+
+
 def _routing() -> Algebra:
     """The MinMax backward's reverse scan: a pair map (`_pair`, k = 1) whose R and S
     are routings, 0 or 1: (R2 S1, S2 S1, [R2] s1 + r2, [S2] s1 + s2), where [R2] s1
@@ -286,7 +324,7 @@ class _Structural:
         op = node.op
         marks = [a for a in args if isinstance(a, str)]
         if not marks:
-            return _op(op, *args)
+            return Apply(node.dims, op, tuple(args))
         if op == "select":  # a routing's selection (see `_routing`)
             cond, picked, other = args
             if cond == FALSE:  # never selected: the other operand (a 0 is the zero)
@@ -302,8 +340,8 @@ class _Structural:
                 if m in marks:  # -inf + x = -inf (and +inf + x = +inf)
                     return m
             return b if a == ZERO else a  # 0 + x = x
-        if op == "mul":
-            return ZERO  # 0 * x = 0
+        if op in ("mul", "matmul"):
+            return ZERO  # 0 * x = 0, and a zero matrix times anything is zero
         if op in ("max", "min"):
             keep, absorb = (NEG_INF, POS_INF) if op == "max" else (POS_INF, NEG_INF)
             if absorb in marks:
@@ -320,7 +358,10 @@ def _is_zero(value: Any) -> bool:
 def specialize(exprs: dict[str, Expr], absent: dict[str, str]) -> dict[str, Expr]:
     """`exprs` with the absent names removed by their rules; a result that is absent
     itself is left out."""
-    env: dict[str, Any] = _Env(absent)
+    refs = {
+        n.name: n for e in exprs.values() if e is not None for n in walk(e) if isinstance(n, Ref)
+    }
+    env: dict[str, Any] = _Env(absent, refs)
     out = {}
     for name, expr in exprs.items():
         if expr is None:
@@ -334,12 +375,12 @@ def specialize(exprs: dict[str, Expr], absent: dict[str, str]) -> dict[str, Expr
 class _Env(dict):
     """Every name is its own reference, unless absent."""
 
-    def __init__(self, absent: dict[str, str]) -> None:
+    def __init__(self, absent: dict[str, str], refs: dict[str, Ref]) -> None:
         super().__init__()
-        self.absent = absent
+        self.absent, self.refs = absent, refs
 
     def __missing__(self, name: str) -> Any:
-        return self.absent.get(name) or _ref(name)
+        return self.absent.get(name) or self.refs[name]
 
 
 # ---- running an algebra on tensors ----------------------------------------------
@@ -373,6 +414,11 @@ def compiled(exprs: dict[str, Expr], where: dict[str, tuple[int, str]]):
             value = expr.value
             return lambda args: value
         assert isinstance(expr, Apply)
+        if expr.op == "matmul":  # a matrix slot times a matrix or a vector, per map
+            a, b = (build(x) for x in expr.args)
+            if len(expr.args[1].dims) == 1:
+                return lambda args: (a(args) @ b(args).unsqueeze(-1)).squeeze(-1)
+            return lambda args: a(args) @ b(args)
         products = [a for a in expr.args if isinstance(a, Apply) and a.op == "mul"]
         if expr.op == "add" and products:  # x + y * z (or y * z + x: + commutes exactly)
             product = products[-1]
