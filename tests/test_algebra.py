@@ -26,11 +26,13 @@ from recc.lowering.algebra import (
     minmax,
     pair,
     routing,
+    shift,
 )
 
-ALGEBRAS = [affine(1), affine(2), affine(3), pair(1), pair(2), routing(), dense()] + [
+ALGEBRAS = [affine(1), affine(2), affine(3), pair(1), pair(2), routing(), dense(), shift()] + [
     minmax(s) for s in ("max-min", "max-plus", "min-plus")
 ]
+WITH_IDENTITY = [a for a in ALGEBRAS if a.identity]  # shift has none (see its docstring)
 LEFT_IDENTITY_ONLY = ("pair", "routing")  # see recc.lowering.algebra.pair
 ELEMENT = {ZERO: 0.0, POS_INF: math.inf, NEG_INF: -math.inf}
 N = 4  # maps per slot tensor (each slot holds N maps' values side by side)
@@ -53,13 +55,19 @@ def identity_map(algebra: Algebra) -> dict[str, torch.Tensor]:
 
 @st.composite
 def maps(draw, algebra: Algebra) -> dict[str, torch.Tensor]:
-    """A map: some slots present (integer values), the others absent."""
+    """A map: some slots present (integer values), the others absent (an algebra
+    without absent slots has every slot)."""
     present = draw(st.lists(st.sampled_from(algebra.slots), unique=True))
+    if not algebra.absent:
+        present = list(algebra.slots)
 
     def draw_slot(slot: str) -> torch.Tensor:
         size = math.prod(shape(algebra, slot))
-        low = 0 if algebra.name == "routing" and slot in ("r", "s") else -3  # 0/1 routings
-        high = 1 if low == 0 else 3
+        low, high = -3, 3
+        if algebra.name == "routing" and slot in ("r", "s"):
+            low, high = 0, 1  # R and S of a routing
+        if algebra.name == "shift" and slot == "n":
+            low, high = 1, 3  # a run's length
         values = draw(st.lists(st.integers(low, high), min_size=size, max_size=size))
         return torch.tensor(values, dtype=torch.float64).reshape(shape(algebra, slot))
 
@@ -72,10 +80,11 @@ def combine(algebra: Algebra, m1: dict, m2: dict) -> dict:
 
 def materialised(algebra: Algebra, m: dict) -> dict:
     """Every slot, an absent one as its structural element's value."""
-    return {
-        s: m.get(s, torch.full(shape(algebra, s), ELEMENT[algebra.absent[s]], dtype=torch.float64))
-        for s in algebra.slots
-    }
+
+    def element(s: str) -> torch.Tensor:
+        return torch.full(shape(algebra, s), ELEMENT[algebra.absent[s]], dtype=torch.float64)
+
+    return {s: m[s] if s in m else element(s) for s in algebra.slots}
 
 
 def same(x: dict, y: dict, algebra: Algebra) -> bool:
@@ -94,7 +103,7 @@ def test_combine_is_associative(data) -> None:
 
 @given(st.data())
 def test_the_identity_map_changes_nothing(data) -> None:
-    algebra = data.draw(st.sampled_from(ALGEBRAS))
+    algebra = data.draw(st.sampled_from(WITH_IDENTITY))
     m = data.draw(maps(algebra))
     identity = identity_map(algebra)
     assert same(combine(algebra, identity, m), m, algebra)
@@ -211,3 +220,26 @@ def test_dense_laws_and_agreement_with_the_affine_blocks(data) -> None:
     composed = as_slots(combine(algebra, m1, m2))
     by_blocks = combine(blocks, as_slots(m1), as_slots(m2))
     assert all(torch.equal(composed[s], by_blocks[s]) for s in blocks.slots)
+
+
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=9), st.integers(-3, 3))
+def test_the_shift_gives_every_steps_previous_value(values, entering) -> None:
+    """Runs of one step composed left to right (as a scan does) and applied to the
+    entering value give h_{t-1} at every step: the entering value, then each step's
+    predecessor, exactly; and the value after the run, the last."""
+    algebra = shift()
+
+    def run_of_one(v: int) -> dict:
+        return {"v": torch.tensor([float(v)]), "p": torch.tensor([7.0]), "n": torch.ones(1)}
+
+    apply = apply_function(algebra, frozenset(algebra.slots))
+    run = run_of_one(values[0])
+    prefixes = [run]
+    for v in values[1:]:
+        run = combine(algebra, run, run_of_one(v))
+        prefixes.append(run)
+    x = {"x": torch.tensor([float(entering)])}
+    olds = [float(apply(m, x)["old"]) for m in prefixes]
+    assert olds == [float(entering)] + [float(v) for v in values[:-1]]
+    assert float(apply(run, x)["x"]) == float(values[-1])
+    assert float(run["n"]) == len(values)

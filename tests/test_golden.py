@@ -159,11 +159,15 @@ def test_a_wrapped_line_means_what_it_meant(line: str) -> None:
 _LEAVES = st.sampled_from([Ref((), name, "slot") for name in ("a", "b", "c", "d")])
 _TREES = st.recursive(
     _LEAVES,
-    lambda inner: st.builds(
-        lambda op, x, y: Apply((), op, (x, y)),
-        st.sampled_from(["add", "sub", "mul", "div", "max"]),
-        inner,
-        inner,
+    lambda inner: (
+        st.builds(
+            lambda op, x, y: Apply((), op, (x, y)),
+            st.sampled_from(["add", "sub", "mul", "div", "max"]),
+            inner,
+            inner,
+        )
+        | st.builds(lambda x, y: Apply((), "select", (Apply((), "gt", (x, y)), y, x)), inner, inner)
+        | st.builds(lambda x: Apply((), "silu", (x,)), inner)
     ),
     max_leaves=12,
 )

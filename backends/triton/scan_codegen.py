@@ -73,7 +73,7 @@ from recc.lowering import (
     old_name,
     old_state,
 )
-from recc.lowering.algebra import Algebra, affine, minmax, operand, pair, routing
+from recc.lowering.algebra import Algebra, affine, minmax, operand, pair, routing, shift
 
 INF = float("inf")
 # Names every generated module defines at top level.
@@ -399,12 +399,9 @@ def _minmax_combines(names: dict[str, str], semiring: str) -> list[str]:
 
 
 def _shift_combine(name: str) -> list[str]:
-    return _jit(
-        name,
-        ["v1", "p1", "n1", "v2", "p2", "n2"],
-        "the last two values of a run of n: (last, the one before it, n)",
-        ["v2", "tl.where(n2 > 1.0, p2, v1)", "n1 + n2"],
-    )
+    doc = "the last two values of a run of n: (last, the one before it, n)"
+    order = ["v", "p", "n"]
+    return _printed(name, shift(), frozenset(order), doc, order)
 
 
 # ---- the writer -----------------------------------------------------------------
@@ -857,9 +854,13 @@ class _Writer:
         prev = self.v("prev", name, preferred=f"{name}_prev")
         ones = f"tl.full({self.layout.shape(self.rec.state(name).dims)}, 1.0, DTYPE)"
         n = self.v("run", name, preferred=f"{name}_run")
+        # the runs applied to the block's entering state: h_{t-1} (the shift's apply)
+        applied = _applied(
+            shift(), {"v": new, "p": prev, "n": n}, {"x": self.state_var("carry", name)}
+        )
         return [
             f"_, {prev}, {n} = tl.associative_scan(({new}, {new}, {ones}), 0, {self.fns['shift']})",
-            f"{old} = tl.where(is_first, {self.state_var('carry', name)}, {prev})",
+            f"{old} = {applied['old']}",
         ]
 
     def old_cotangent(self, name: str) -> list[str]:

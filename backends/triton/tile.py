@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from recc.backends.names import Namespace
+from recc.backends.triton.wrap import ungrouped
 from recc.ir.evaluate import evaluate
 from recc.ir.fold import ExprOps, NotCanonical
 from recc.ir.nodes import Apply, Const, Dims, Expr, Ref, walk
@@ -76,17 +77,34 @@ def inline(expr: Expr, names: dict[str, str]) -> str:
     args = [inline(a, names) for a in expr.args]
     for i, a in enumerate(expr.args):
         if _needs_no_brackets(expr.op, i, a):
-            args[i] = args[i][1:-1]  # PRINT's "(x * y)": one pair around all of it
+            args[i] = ungrouped(args[i])
     return PRINT[expr.op].format(*args)
 
 
 def _needs_no_brackets(op: str, position: int, arg: Expr) -> bool:
-    """Whether operand `arg` of `op` parses the same without its brackets: a product in
-    a sum, and the left operand of the same left-associative operator (a + b + c is
-    (a + b) + c, the same tree and so the same rounding)."""
-    if not isinstance(arg, Apply) or arg.op not in ("add", "mul"):
+    """Whether operand `arg` of `op` parses the same without its outer brackets: an
+    argument of a call (tl.where(n > 1.0, ...)), a product in a sum, and the left
+    operand of the same left-associative operator (a + b + c is (a + b) + c: the
+    same tree, so the same rounding)."""
+    if not isinstance(arg, Apply):
+        return False
+    if _call_argument(PRINT[op], position):
+        return True
+    if arg.op not in ("add", "mul"):
         return False
     return (op == "add" and arg.op == "mul") or (op == arg.op and position == 0)
+
+
+def _call_argument(form: str, position: int) -> bool:
+    """Whether every `{position}` in a PRINT format is a whole argument of a call."""
+    if form.startswith("("):
+        return False
+    slot = "{" + str(position) + "}"
+    pieces = form.split(slot)
+    return len(pieces) > 1 and all(
+        before.endswith(("(", ", ")) and after.startswith((",", ")"))
+        for before, after in zip(pieces[:-1], pieces[1:])
+    )
 
 
 # Exponents with |p| up to this are products (and a square root for halves), as

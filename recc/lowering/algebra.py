@@ -69,8 +69,10 @@ def operand(slot: str, which: int) -> str:
 class Algebra:
     name: str  # "affine", "pair", "max-min", "max-plus", "min-plus"
     slots: tuple[str, ...]
-    absent: dict[str, str] = field(compare=False)  # slot -> what it is when absent
-    # slot -> the identity map's value: a number, or EYE for a matrix slot
+    # slot -> what it is when absent (no entries: every map has every slot)
+    absent: dict[str, str] = field(compare=False)
+    # slot -> the identity map's value: a number, or EYE for a matrix slot (no
+    # entries: there is no identity map, as for `shift`)
     identity: dict[str, float | str] = field(compare=False)
     combine: dict[str, Expr] = field(compare=False)  # slot -> IR over operand(slot, 1|2)
     components: tuple[str, ...] = ()  # the state's components x_i, for `apply`
@@ -146,6 +148,11 @@ def minmax(semiring: str) -> Algebra:
 def dense() -> Algebra:
     """h -> A h + b with A a whole n x n matrix: (A2 A1, A2 b1 + b2) (see `_dense`)."""
     return _once(("dense",), _dense)
+
+
+def shift() -> Algebra:
+    """The last two values of a run of steps, composed by selection (see `_shift`)."""
+    return _once(("shift",), _shift)
 
 
 def routing() -> Algebra:
@@ -267,6 +274,31 @@ def _dense() -> Algebra:
     dims = {"A": n + n, "b": n, "x": n}
     absent = {"A": ZERO, "b": ZERO}
     return Algebra("dense", ("A", "b"), absent, {"A": EYE, "b": 0.0}, combine, ("x",), apply, dims)
+
+
+def _shift() -> Algebra:
+    """h_{t-1} at every step of a block, exactly: a scan that only selects values.
+
+    A run of n >= 1 steps is (v, p, n): its last value v, the one before it p
+    (read only when n > 1) and its length. "First, then second" is
+    (v2, p2 if n2 > 1 else v1, n1 + n2): associative for runs of n >= 1. There
+    is no identity map (an empty run has no last value; its p would have to be
+    a sentinel), and none is needed: every step is a run of one (v = h_t, n = 1)
+    and padded steps are masked where they are read. Applied to the value
+    entering the run, x, it gives the value after it (x: v) and the one before
+    its last step (old: p if n > 1 else x), h_{t-1}."""
+    v1, p1, n1, v2, p2, n2 = (_ref(operand(s, w)) for w in (1, 2) for s in ("v", "p", "n"))
+    one = Const((), 1.0)
+    combine = {
+        "v": v2,
+        "p": _op("select", _op("gt", n2, one), p2, v1),
+        "n": _op("add", n1, n2),
+    }
+    apply = {
+        "x": _ref("v"),
+        "old": _op("select", _op("gt", _ref("n"), one), _ref("p"), _ref("x")),
+    }
+    return Algebra("shift", ("v", "p", "n"), {}, {}, combine, ("x",), apply)
 
 
 def _routing() -> Algebra:
