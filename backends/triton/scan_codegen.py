@@ -413,7 +413,7 @@ class _Writer:
     def __init__(self, facts: ScanPlan, plan: ScanKernelPlan, ns: Namespace, fns) -> None:
         self.facts, self.plan = facts, plan
         rec, analysis = facts.spec, facts.analysis
-        self.rec, self.analysis = rec, analysis
+        self.rec = rec
         self.layout = plan.layout
         self.form = analysis.form
         self.ns = ns
