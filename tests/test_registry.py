@@ -63,14 +63,16 @@ def test_auto_runs_the_first_backend_that_accepts_the_device(path: Path) -> None
         first = next(b for b in REGISTRY if b.supports(fn.plan, device, auto=True) is None)
         assert fn.backend_for(device) == first.name
     scan = fn.plan.algorithm == "scan"
-    assert fn.backend_for(CPU) == ("torch" if scan else REFERENCE.name)
-    assert fn.backend_for(CUDA) == ("triton" if scan else REFERENCE.name)
+    chunkwise = fn.plan.chunk is not None  # torch runs it; no Triton chunk kernels yet
+    assert fn.backend_for(CPU) == ("torch" if scan or chunkwise else REFERENCE.name)
+    cuda = "triton" if scan else "torch" if chunkwise else REFERENCE.name
+    assert fn.backend_for(CUDA) == cuda
 
 
 def test_a_declined_backend_says_why_and_what_runs_instead() -> None:
     with pytest.raises(RecError) as err:
-        recc.compile(Path(SPECS[0]).parent / "deltanet.rec", backend="torch")
-    assert "no torch lowering of the chunkwise algorithm yet (dplr class)" in str(err.value)
+        recc.compile(Path(SPECS[0]).parent / "gru.rec", backend="torch")
+    assert "no torch lowering of the newton algorithm yet (nonlinear class)" in str(err.value)
     assert "use backend='auto' or one of: interpreter" in str(err.value)
 
 

@@ -16,8 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recc.analysis.forms import DplrForm, LowRankTerm
-from recc.analysis.rewrite import AbstractOps, NotCanonical, abstract_updates, const, make
-from recc.ir.nodes import Apply, Const, Expr, Recurrence
+from recc.analysis.rewrite import (
+    AbstractOps,
+    NotCanonical,
+    abstract_updates,
+    const,
+    make,
+    state_dependent_lets,
+)
+from recc.ir.evaluate import evaluate
+from recc.ir.nodes import INPUT, LET, PARAM, Apply, Const, Expr, Recurrence, Ref, walk
 
 
 @dataclass(frozen=True)
@@ -138,3 +146,146 @@ def dplr_form(rec: Recurrence, state: str) -> DplrForm:
 
 def _is_zero(expr: Expr) -> bool:
     return isinstance(expr, Const) and expr.value == 0.0
+
+
+# ---- the chunkwise lowering's reading of the form ----------------------------
+
+
+def outer_terms(
+    expr: Expr | None, rows: str, cols: str, lets: dict[str, Expr]
+) -> tuple[tuple[Expr, Expr], ...]:
+    """A state-free matrix [rows, cols] as a sum of outer products: ((a_j, b_j), ...)
+    with `expr = sum_j outer(a_j, b_j)`, a_j over `rows`, b_j over `cols`.
+
+    Reads outer(a, b), sums and differences, negation, scaling by a scalar or by a
+    vector over either dim (a row scale goes into a_j, a column scale into b_j),
+    division by such a factor, a transpose, and the lets in `lets` (by name) that
+    hold such matrices. A matrix-vector product inside a factor, `outer(M @ k, w)`
+    with M itself a sum of outer products, is written `sum_j a_j * dot(b_j, k)`,
+    so no [rows, cols] matrix is formed per step. Anything else (a dense matrix
+    input or param, an elementwise function of a matrix) raises NotCanonical."""
+    if expr is None:
+        return ()
+    dims = (rows, cols)
+
+    def terms(e: Expr, r: str, c: str) -> list[tuple[Expr, Expr]]:
+        if e.dims != (r, c):
+            raise NotCanonical(f"a term of dims {list(e.dims)} in a matrix of dims [{r}, {c}]")
+        if isinstance(e, Const):
+            if e.value == 0.0:
+                return []
+            raise NotCanonical("a constant matrix is not a sum of outer products")
+        if isinstance(e, Ref):
+            if e.name in lets:
+                return terms(lets[e.name], r, c)
+            raise NotCanonical(f"'{e.name}' is a dense matrix, not a sum of outer products")
+        assert isinstance(e, Apply)
+        op, args = e.op, e.args
+        if op == "outer":
+            return [(factor(args[0], lets), factor(args[1], lets))]
+        if op in ("add", "sub"):
+            left, right = terms(args[0], r, c), terms(args[1], r, c)
+            if op == "sub":
+                right = [(make("neg", a), b) for a, b in right]
+            return left + right
+        if op == "neg":
+            return [(make("neg", a), b) for a, b in terms(args[0], r, c)]
+        if op == "transpose":
+            return [(b, a) for a, b in terms(args[0], c, r)]
+        if op in ("mul", "div"):
+            matrix, scale = args
+            if op == "mul" and matrix.dims != (r, c):
+                matrix, scale = scale, matrix
+            if scale.dims in ((), (r,)):
+                return [(make(op, a, factor(scale, lets)), b) for a, b in terms(matrix, r, c)]
+            if scale.dims == (c,):
+                return [(a, make(op, b, factor(scale, lets))) for a, b in terms(matrix, r, c)]
+            raise NotCanonical("an elementwise product of two matrices is not low rank")
+        raise NotCanonical(f"'{op}' of a matrix is not a sum of outer products")
+
+    return tuple(terms(expr, *dims))
+
+
+def factor(expr: Expr, lets: dict[str, Expr]) -> Expr:
+    """A vector (or scalar) with each `M @ v`, M a sum of outer products, written
+    `sum_j a_j * dot(b_j, v)` (M^T @ v likewise), so that no matrix is formed."""
+    if not isinstance(expr, Apply):
+        return expr
+    if expr.op == "matmul" and len(expr.args[0].dims) == 2 and len(expr.args[1].dims) == 1:
+        m, v = expr.args
+        try:
+            parts = outer_terms(m, *m.dims, lets)
+        except NotCanonical:
+            parts = None
+        if parts is not None:
+            v = factor(v, lets)
+            total = None
+            for a, b in parts:
+                total = _opt("add", total, make("mul", a, make("dot", b, v)))
+            return total if total is not None else Const(expr.dims, 0.0)
+    args = tuple(factor(a, lets) for a in expr.args)
+    return expr if args == expr.args else make(expr.op, *args, like=expr.dims)
+
+
+def linear_readout(rec: Recurrence, state: str, expr: Expr) -> tuple[Expr | None, Expr | None]:
+    """An output as `S @ probe + rest` (probe over S's columns; either None if absent),
+    S the new state. NotCanonical if it reads S otherwise (S.T @ q, a function of S,
+    S itself, a let of the old state)."""
+    s = rec.state(state)
+    rows, cols = s.dims
+    old = state_dependent_lets(rec, {state})
+    read = {n.name for n in walk(expr) if isinstance(n, Ref)} & old
+    if read:
+        raise NotCanonical(f"it reads the old state through let '{sorted(read)[0]}'")
+    ops = DplrOps(rows, cols)
+    env: dict = {d.name: Ref(d.dims, d.name, INPUT) for d in rec.inputs}
+    env.update({d.name: Ref(d.dims, d.name, PARAM) for d in rec.value_params()})
+    env.update({d.name: Ref(d.expr.dims, d.name, LET) for d in rec.lets})
+    env[state] = MatAff(const(1.0), (), None)
+    value = evaluate(expr, env, ops)
+    if isinstance(value, Expr):
+        return None, value
+    if isinstance(value, VecAff):
+        return value.p, value.off
+    raise NotCanonical("it is the matrix state itself, which would be materialised every step")
+
+
+def direction_of(vector: Expr) -> tuple[Expr, Expr | None]:
+    """`vector` (over one dim) as `scale * direction`: the product of its scalar factors
+    (None if there are none) and the product of its vector factors, read through
+    products, negation and division by a scalar. Two writes whose directions are the
+    same expression share one rank-1 term (Gated DeltaNet's beta * v * k^T and
+    -beta * alpha * (S @ k) * k^T are one write along k), which halves the work."""
+    scalars: list[Expr] = []
+    vectors: list[Expr] = []
+    negations = 0
+
+    def split(e: Expr, inverted: bool) -> None:
+        nonlocal negations
+        if isinstance(e, Apply) and e.op == "mul":
+            split(e.args[0], inverted)
+            split(e.args[1], inverted)
+        elif isinstance(e, Apply) and e.op == "neg":
+            negations += 1
+            split(e.args[0], inverted)
+        elif isinstance(e, Apply) and e.op == "div" and e.args[1].dims == ():
+            split(e.args[0], inverted)
+            split(e.args[1], not inverted)
+        elif e.dims == ():
+            scalars.append(make("div", const(1.0), e) if inverted else e)
+        elif inverted:  # dividing by a vector: keep it whole
+            vectors.append(make("div", const(1.0), e))
+        else:
+            vectors.append(e)
+
+    split(vector, False)
+    vectors.sort(key=repr)
+    direction = vectors[0]
+    for v in vectors[1:]:
+        direction = make("mul", direction, v)
+    scale = None
+    for s in scalars:
+        scale = s if scale is None else make("mul", scale, s)
+    if negations % 2:
+        scale = make("neg", scale) if scale is not None else const(-1.0)
+    return direction, scale

@@ -4,6 +4,7 @@ May import: recc.ir, recc.analysis. Never a backend.
 """
 
 from recc.analysis.forms import Analysis, DiagonalBlock, DiagonalForm, MinMaxForm
+from recc.lowering.chunk import ChunkPlan, Readout, Write, chunk_plan
 from recc.lowering.plan import CHUNKWISE, NEWTON, SCAN, LoweringPlan, plan
 from recc.lowering.scan import ScanGroup, ScanPlan, old_name, old_state, scan_plan
 
@@ -11,6 +12,9 @@ from recc.lowering.scan import ScanGroup, ScanPlan, old_name, old_state, scan_pl
 # imports them from here, never from recc.analysis.
 __all__ = [
     "CHUNKWISE",
+    "ChunkPlan",
+    "Readout",
+    "chunk_plan",
     "NEWTON",
     "SCAN",
     "Analysis",
@@ -20,6 +24,7 @@ __all__ = [
     "MinMaxForm",
     "ScanGroup",
     "ScanPlan",
+    "Write",
     "old_name",
     "old_state",
     "plan",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from recc.analysis.classify import linear_states
 from recc.analysis.forms import DIAGONAL, DPLR, MINMAX, Analysis, DiagonalForm
 from recc.ir.nodes import Recurrence
+from recc.lowering.chunk import ChunkPlan, chunk_plan
 from recc.lowering.scan import ScanPlan, scan_plan
 
 SCAN = "scan"
@@ -28,6 +29,8 @@ class LoweringPlan:
     spec: Recurrence
     analysis: Analysis
     scan: ScanPlan | None = None  # SCAN: the facts its backends read (recc.lowering.scan)
+    chunk: ChunkPlan | None = None  # CHUNKWISE: the same (recc.lowering.chunk)
+    no_chunk_plan: str = ""  # CHUNKWISE without a ChunkPlan: why the algorithm cannot take it
     # states a linear form reads, which must start finite (checked at call time)
     finite_states: frozenset[str] = frozenset()
 
@@ -38,8 +41,14 @@ class LoweringPlan:
 
 def plan(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
     chosen = _algorithm(rec, analysis)
+    finite = frozenset(linear_states(analysis.form))
+    if chosen.algorithm == CHUNKWISE:
+        facts = chunk_plan(rec, analysis)
+        if isinstance(facts, str):
+            return replace(chosen, no_chunk_plan=facts, finite_states=finite)
+        return replace(chosen, chunk=facts, finite_states=finite)
     facts = scan_plan(rec, analysis) if chosen.algorithm == SCAN else None
-    return replace(chosen, scan=facts, finite_states=frozenset(linear_states(analysis.form)))
+    return replace(chosen, scan=facts, finite_states=finite)
 
 
 def _algorithm(rec: Recurrence, analysis: Analysis) -> LoweringPlan:

@@ -1,0 +1,231 @@
+"""The chunkwise algorithm for matrix-state recurrences, in portable torch.
+
+Stage: backend (torch). Runs a `ChunkPlan` (recc.lowering.chunk):
+
+  S_t = S_{t-1} M_t + B_t,  M_t = diag(d_t) + U_t W_t^T,  B_t = P_t Q_t^T,  o_t = S_t p_t
+
+per batch (and head), S[rows, cols]. The sequence is cut into chunks of L steps.
+Within a chunk everything is linear in the state S_0 entering it, so one pass
+over all chunks at once computes, from the chunk's own inputs alone,
+
+  E, F         the chunk's map:       S_L = S_0 E + F
+  Omega, Theta its outputs' map:      o_t = S_0 Omega[:, t] + Theta[:, t]
+
+(for rank R > 0 through one triangular solve of L*R unknowns per chunk, the
+WY/UT representation of the chunk's product of M_t), then a short sequential
+pass carries the state from chunk to chunk (one [rows, cols] state per chunk),
+and one batched product gives every output. The derivation, with every symbol
+used here, is docs/lowering-chunkwise.md. Decay products within a chunk are
+exact cumulative products (no logarithms, no division), so decays of 0 and
+negative decays are exact. Gradients come from torch autograd through these ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recc.interpreter import TorchOps
+from recc.ir.evaluate import align, evaluate
+from recc.ir.nodes import Expr
+from recc.lowering import ChunkPlan
+from recc.signature import Bound
+
+
+class _Steps:
+    """Coefficients of every step at once, as `[N, T, *dims]` with N = batch x heads."""
+
+    def __init__(self, plan: ChunkPlan, bound: Bound) -> None:
+        self.bound = bound
+        self.ops = TorchOps(bound.compute_dtype, bound.device)
+        env = dict(bound.params)
+        env.update(bound.inputs)
+        for let in plan.state_free_lets:
+            env[let.name] = evaluate(let.expr, env, self.ops)
+        self.env = env
+        self.memo: dict = {}
+        self.n = bound.B * (bound.batch_heads[0] if bound.batch_heads else 1)
+
+    def of(self, expr: Expr, dims: tuple[str, ...]) -> torch.Tensor:
+        key = (expr, dims)
+        if key not in self.memo:  # the same expression in two places is computed once
+            self.memo[key] = self._of(expr, dims)
+        return self.memo[key]
+
+    def _of(self, expr: Expr, dims: tuple[str, ...]) -> torch.Tensor:
+        b = self.bound
+        value = align(evaluate(expr, self.env, self.ops), expr.dims, dims)
+        value = torch.broadcast_to(value, (b.B, b.T, *b.batch_heads, *b.shape_of(dims)))
+        if b.batch_heads:
+            value = value.movedim(2, 1)  # [B, H, T, ...]
+        return value.reshape(self.n, b.T, *b.shape_of(dims))
+
+    def stacked(self, exprs: list[Expr | None], dims: tuple[str, ...]) -> torch.Tensor:
+        """`[N, T, *dims, len(exprs)]` (an empty last axis for no expressions; zeros
+        for a None)."""
+        b = self.bound
+        if not exprs:
+            shape = (self.n, b.T, *b.shape_of(dims), 0)
+            return torch.zeros(shape, dtype=b.compute_dtype, device=b.device)
+        zero = torch.zeros((self.n, b.T, *b.shape_of(dims)), dtype=b.compute_dtype, device=b.device)
+        columns = [zero if e is None else self.of(e, dims) for e in exprs]
+        return columns[0].unsqueeze(-1) if len(columns) == 1 else torch.stack(columns, dim=-1)
+
+    def scales(self, plan: ChunkPlan) -> torch.Tensor:
+        """Cw `[N, T, R, M]`: how much of x_r = S_{t-1} u_r write m carries (0 if none)."""
+        b = self.bound
+        zero = torch.zeros((self.n, b.T), dtype=b.compute_dtype, device=b.device)
+        table = [[zero] * len(plan.writes) for _ in plan.reads]
+        for m, w in enumerate(plan.writes):
+            for r, scale in w.from_reads:
+                table[r][m] = zero + 1.0 if scale is None else self.of(scale, ())
+        if not plan.reads or not plan.writes:
+            return torch.zeros(
+                (self.n, b.T, len(plan.reads), len(plan.writes)),
+                dtype=zero.dtype,
+                device=zero.device,
+            )
+        return torch.stack([torch.stack(row, dim=-1) for row in table], dim=-2)
+
+
+def segment_products(d: torch.Tensor) -> torch.Tensor:
+    """rho[..., t, s, :] = prod_{s < i <= t} d_i for t >= s (1 at t = s), 0 for t < s,
+    with t and s in 0..L (0: the chunk's start), from `d` `[..., L, c]` (steps 1..L).
+
+    A cumulative product down each column of a lower-triangular arrangement of d:
+    exact for any decay (0, negative, subnormal), no logarithm and no division."""
+    L, c = d.shape[-2], d.shape[-1]
+    lead = d.shape[:-2]
+    dd = torch.cat([torch.ones((*lead, 1, c), dtype=d.dtype, device=d.device), d], dim=-2)
+    idx = torch.arange(L + 1, device=d.device)
+    below = (idx[:, None] > idx[None, :])[..., None]  # t > s
+    grid = torch.where(below, dd.unsqueeze(-2).expand(*lead, L + 1, L + 1, c), 1.0)
+    rho = torch.cumprod(grid, dim=-3)
+    return torch.where((idx[:, None] >= idx[None, :])[..., None], rho, 0.0)
+
+
+def _decayed(left: torch.Tensor, rho: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """D[..., (s, a), (t, b)] = sum_c left[..., s, c, a] * rho[..., t, s, c] * right[..., t, c, b]:
+    what step s's write (right factor `left`) contributes at step t through `right`,
+    decayed from s to t, laid out as a matrix from (s, a) to (t, b)."""
+    *lead, L, C, a = left.shape
+    b = right.shape[-1]
+    if rho.shape[-1] == 1:  # a scalar decay: one matrix product, then the decays
+        rows = left.movedim(-1, -2).reshape(*lead, L * a, C)
+        cols = right.movedim(-3, -2).reshape(*lead, C, L * b)
+        decays = rho[..., 0].transpose(-1, -2)[..., :, None, :, None]  # [s, 1, t, 1]
+        return ((rows @ cols).reshape(*lead, L, a, L, b) * decays).reshape(*lead, L * a, L * b)
+    product = torch.einsum("...sca,...tsc,...tcb->...satb", left, rho, right)
+    return product.reshape(*lead, L * a, L * b)
+
+
+def _pad(x: torch.Tensor, steps: int, value: float) -> torch.Tensor:
+    """x `[N, T, ...]` with `steps` more steps of `value` (the identity's coefficient)."""
+    if steps == 0:
+        return x
+    fill = torch.full((x.shape[0], steps, *x.shape[2:]), value, dtype=x.dtype, device=x.device)
+    return torch.cat([x, fill], dim=1)
+
+
+def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
+    """(outputs `[B, T, (H), *dims]`, final states `[B, (H), rows, cols]`)."""
+    rec, b = plan.spec, bound
+    L = chunk or plan.chunk
+    steps = _Steps(plan, bound)
+    rows, cols = plan.rows, plan.cols
+    Rw, C = b.sizes[rows], b.sizes[cols]
+    n_heads = b.batch_heads[0] if b.batch_heads else 1
+    N, T = b.B * n_heads, b.T
+    S0 = torch.broadcast_to(b.initial_state[plan.state], (b.B, *b.batch_heads, Rw, C)).reshape(
+        N, Rw, C
+    )
+
+    d = steps.of(plan.decay, plan.decay.dims).reshape(N, T, -1)  # [N, T, 1 or C]
+    U = steps.stacked(list(plan.reads), (cols,))  # [N, T, C, R]: x_r = S_{t-1} u_r
+    Edir = steps.stacked([w.direction for w in plan.writes], (cols,))  # [N, T, C, M]
+    P = steps.stacked([w.inject for w in plan.writes], (rows,))  # [N, T, Rw, M]
+    Cw = steps.scales(plan)  # [N, T, R, M]: y_m = sum_r Cw[r, m] x_r + P[:, m]
+    probed = [r for r in plan.readouts if r.probe is not None]
+    G = steps.stacked([r.probe for r in probed], (cols,))  # [N, T, C, O]
+    R, M, O = U.shape[-1], Edir.shape[-1], G.shape[-1]
+
+    # Pad to whole chunks with identity steps (d = 1, nothing written, nothing read).
+    nc = max(1, -(-T // L))
+    pad = nc * L - T
+    d, U, Edir, P, Cw, G = (
+        _pad(x, pad, v).reshape(N, nc, L, *x.shape[2:])
+        for x, v in ((d, 1.0), (U, 0.0), (Edir, 0.0), (P, 0.0), (Cw, 0.0), (G, 0.0))
+    )
+
+    # ---- every chunk at once: its map, linear in the state S_0 entering it ----
+    rho = segment_products(d)  # [N, nc, L+1, L+1, c]
+    rho_prev = rho[..., :L, 1:, :]  # [t, s] = rho(t-1, s), steps t, s in 1..L (0 unless s < t)
+    rho_cur = rho[..., 1:, 1:, :]  # rho(t, s) (0 unless s <= t)
+    gamma_prev = rho[..., :L, 0, :]  # rho(t-1, 0): the decay from the chunk's start to t-1
+    gamma_cur = rho[..., 1:, 0, :]  # rho(t, 0)
+    gamma_end = rho[..., L, 0, :]  # rho(L, 0)
+    rho_end = rho[..., L, 1:, :]  # rho(L, s)
+
+    # What step s's writes y_{s,m} e_{s,m}^T reach, decayed: the state step t's reads
+    # see (K), and the chunk's last state and every output (reach).
+    K = _decayed(Edir, rho_prev, U)  # [(s, m), (t, r)]
+    reach = torch.cat(
+        [
+            (Edir * rho_end[..., None]).movedim(-1, -2).reshape(N, nc, L * M, C),
+            _decayed(Edir, rho_cur, G),
+        ],
+        dim=-1,
+    )  # [(s, m), C + (t, o)]
+    Pf = P.movedim(-2, -3).reshape(N, nc, Rw, L * M)  # [Rw, (s, m)]
+    # [E | Omega] (top, C rows) and [F | Theta] (bottom, Rw rows): S_L = S_0 E + F and
+    # o_t = S_0 Omega[:, t] + Theta[:, t]
+    Omega0 = (gamma_cur[..., None] * G).movedim(-3, -2).reshape(N, nc, C, L * O)
+    top = torch.cat([torch.diag_embed(gamma_end.expand(N, nc, C)), Omega0], dim=-1)
+    if R > 0:
+        # x_t = S_0 (gamma_{t-1} U_t) + sum_{s<t} y_s K[s, t] with y_s = x_s Cw_s + P_s:
+        # a unit triangular system X (I - A) = S_0 Phi0 + P K, A = Cw K strictly
+        # block-upper (x_t reads the x_s of steps s < t only)
+        def by_reads(x: torch.Tensor) -> torch.Tensor:  # [(s, m), n] -> [(s, r), n]
+            x = x.reshape(N, nc, L, M, x.shape[-1])
+            return torch.einsum("...srm,...smn->...srn", Cw, x).reshape(N, nc, L * R, -1)
+
+        A = by_reads(K)  # [(s, r'), (t, r)]
+        Phi0 = (gamma_prev[..., None] * U).movedim(-3, -2).reshape(N, nc, C, L * R)
+        eye = torch.eye(L * R, dtype=A.dtype, device=A.device)
+        # (I - A)^{-1} applied to what the x's reach (X itself is never formed). The
+        # inverse of a unit triangular matrix, then a product: faster here than one
+        # solve with all of `reach` as its right-hand side.
+        inverse = torch.linalg.solve_triangular(eye - A, eye, upper=True, unitriangular=True)
+        Mx = inverse @ by_reads(reach)
+        top = top + Phi0 @ Mx
+        reach = reach + K @ Mx
+    bottom = Pf @ reach
+    E, Omega = top[..., :C], top[..., C:]
+    F, Theta = bottom[..., :C], bottom[..., C:]
+
+    # ---- chunk to chunk: the state entering each chunk ----
+    entering = []
+    S = S0
+    for k in range(nc):
+        entering.append(S)
+        S = S @ E[:, k] + F[:, k]
+    final = S.reshape(b.B, *b.batch_heads, Rw, C)
+
+    outputs = {}
+    if probed:
+        Sk = torch.stack(entering, dim=1)  # [N, nc, Rw, C]
+        o = (Sk @ Omega + Theta).reshape(N, nc, Rw, L, O).movedim(2, 3)
+        o = o.reshape(N, nc * L, Rw, O)[:, :T]  # [N, T, Rw, O]
+        o = o.reshape(b.B, *b.batch_heads, T, Rw, O)
+        if b.batch_heads:
+            o = o.movedim(2, 1)  # [B, T, H, Rw, O]
+        for i, r in enumerate(probed):
+            outputs[r.name] = o[..., i]
+    for r in plan.readouts:
+        value = outputs.get(r.name)
+        dims = next(o.expr.dims for o in rec.outputs if o.name == r.name)
+        if r.rest is not None:
+            rest = align(evaluate(r.rest, steps.env, steps.ops), r.rest.dims, dims)
+            value = rest if value is None else value + rest
+        shape = (b.B, T, *b.batch_heads, *b.shape_of(dims))
+        outputs[r.name] = torch.broadcast_to(value, shape).to(b.out_dtype)
+    return outputs, {plan.state: final}
