@@ -39,6 +39,9 @@ class InterpreterBackend:
 
         return build_module(plan, kernels=False)
 
+    def notes(self, plan: LoweringPlan) -> list[str]:
+        return []
+
     def details(self, plan: LoweringPlan) -> list[str]:
         return []
 

@@ -63,6 +63,11 @@ class Backend(Protocol):
         """The source of a standalone module for `plan` (only if `builds`)."""
         ...
 
+    def notes(self, plan: LoweringPlan) -> list[str]:
+        """Lines `recc explain` always prints under an accepting backend: how it runs
+        the plan where it has a choice (cheap: no compiling)."""
+        ...
+
     def details(self, plan: LoweringPlan) -> list[str]:
         """Extra lines for `recc explain --registers` (e.g. the kernels' registers)."""
         ...

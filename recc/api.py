@@ -16,7 +16,7 @@ from recc.backends.protocol import Call, Executor, Options
 from recc.backends.registry import NAMES, REGISTRY, backend_named, first_accepting
 from recc.errors import RecError
 from recc.ir import Recurrence, load
-from recc.lowering import LoweringPlan, plan
+from recc.lowering import AUTO, CHUNKWISE, SCAN, STRATEGIES, LoweringPlan, plan
 from recc.report import explain
 from recc.signature import bind, initial_states
 
@@ -38,10 +38,13 @@ class CompiledRecurrence:
     propagates like in any torch op); inf is allowed (MinMax starts at -inf).
     """
 
-    def __init__(self, spec: Recurrence, backend: str, torch_compile: bool = False) -> None:
+    def __init__(
+        self, spec: Recurrence, backend: str, torch_compile: bool = False, strategy: str = AUTO
+    ) -> None:
         self.spec = spec
         self.analysis: Analysis = analyze(spec)
-        self.plan: LoweringPlan = plan(spec, self.analysis)
+        self.plan: LoweringPlan = plan(spec, self.analysis, strategy)
+        _check_strategy(spec, self.plan, strategy)
         self.backend = backend
         self.options = Options(torch_compile=torch_compile)
         self._executors: dict[str, Executor] = {}  # prepared on first use
@@ -120,8 +123,27 @@ class CompiledRecurrence:
         return f"<recc {self.spec.name}: {self.analysis.kind}, backend={self.backend}>"
 
 
+def _check_strategy(spec: Recurrence, lowering: LoweringPlan, strategy: str) -> None:
+    """A strategy the spec has no form for is an error, with the reason."""
+    if strategy == CHUNKWISE and lowering.chunk is None:
+        why = lowering.no_chunk_plan or f"the {lowering.kind} class runs {lowering.algorithm}"
+        raise RecError(
+            f"strategy='chunkwise' cannot run '{spec.name}': {why}",
+            hint="use strategy='auto' (recc explain shows what runs)",
+        )
+    if strategy == SCAN and lowering.scan is None:
+        raise RecError(
+            f"strategy='scan' cannot run '{spec.name}': the {lowering.kind} class has "
+            f"no scan form (it runs {lowering.algorithm})",
+            hint="use strategy='auto' (recc explain shows what runs)",
+        )
+
+
 def compile(  # noqa: A001
-    path_or_source: str | Path, backend: str = "auto", torch_compile: bool = False
+    path_or_source: str | Path,
+    backend: str = "auto",
+    torch_compile: bool = False,
+    strategy: str = "auto",
 ) -> CompiledRecurrence:
     """Compile a `.rec` file (path) or spec text.
 
@@ -137,12 +159,21 @@ def compile(  # noqa: A001
     project's 2-core CPU 1.5-1.7x faster forward, ~2x forward+backward; see
     docs/scan-lowering.md), after a compile of seconds to tens of seconds on
     the first call with each new input shape (and again on the first backward).
+
+    `strategy`: "auto" (the class's algorithm; a matrix state read out linearly,
+    GLA, RetNet or Mamba2, has both a scan and a chunkwise form, and the torch
+    backend picks by sequence length: `recc explain` prints the rule), "scan" or
+    "chunkwise" (that form only; an error if the spec has none).
     """
     if backend not in BACKENDS:
         raise RecError(f"unknown backend '{backend}'", hint=f"choose one of: {', '.join(BACKENDS)}")
     if not isinstance(torch_compile, bool):
         raise RecError(f"torch_compile must be True or False, got {torch_compile!r}")
-    return CompiledRecurrence(load(path_or_source), backend, torch_compile)
+    if strategy not in STRATEGIES:
+        raise RecError(
+            f"unknown strategy {strategy!r}", hint=f"choose one of: {', '.join(STRATEGIES)}"
+        )
+    return CompiledRecurrence(load(path_or_source), backend, torch_compile, strategy)
 
 
 __all__ = ["CompiledRecurrence", "compile"]

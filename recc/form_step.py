@@ -49,6 +49,8 @@ def form_step(rec: Recurrence, analysis: Analysis, env: dict[str, Any]) -> dict[
     if isinstance(form, DplrForm):
         S = env[form.state]
         dims = rec.state(form.state).dims
+        if form.transposed:  # the form is of S^T
+            S, dims = S.transpose(-1, -2), dims[::-1]
         cols = dims[1:]
         new_s = torch.zeros_like(S)
         if form.decay is not None:
@@ -60,7 +62,7 @@ def form_step(rec: Recurrence, analysis: Analysis, env: dict[str, Any]) -> dict[
             new_s = new_s + su.unsqueeze(-1) * w.unsqueeze(-2)
         if form.inject is not None:
             new_s = new_s + coef(form.inject, dims)
-        return {form.state: new_s}
+        return {form.state: new_s.transpose(-1, -2) if form.transposed else new_s}
     if isinstance(form, MinMaxForm):
         new = {}
         for s in rec.states:

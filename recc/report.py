@@ -37,8 +37,10 @@ def canonical_form_lines(rec: Recurrence, analysis: Analysis) -> list[str]:
                 lines.append(f"  b_{target} = {_src(block.inject[i])}")
     elif isinstance(form, DplrForm):
         s = form.state
+        S = f"{s}^T" if form.transposed else s
         lines.append(
-            f"{s}' = {s} * d_{s} + sum_r outer({s} @ u_r, w_r) + B_{s}   (rank {form.rank})"
+            f"{S}' = {S} * d_{s} + sum_r outer({S} @ u_r, w_r) + B_{s}   (rank {form.rank})"
+            + (f"   [the form of {s}^T: {s} is stored transposed]" if form.transposed else "")
         )
         lines.append(f"  d_{s} = {_src(form.decay)}")
         for r, term in enumerate(form.terms, 1):
@@ -66,6 +68,8 @@ def backend_lines(plan: LoweringPlan, registers: bool = False) -> list[str]:
     for backend, reason in verdicts(plan):
         verdict = f"yes: {backend.summary}" if reason is None else f"no: {reason}"
         lines.append(f"  {backend.name:{width}}  {verdict}")
+        if reason is None:
+            lines += [f"    {line}" for line in backend.notes(plan)]
         if registers and reason is None:
             lines += [f"    {line}" for line in backend.details(plan)]
     return lines

@@ -2,9 +2,11 @@
 the interpreter: outputs, final states and every gradient, fp64, tolerances of
 recc.testing.agree (1e-10 relative to the largest magnitude).
 
-Zoo DPLR specs at the lengths the issue names (T in 1, 15, 64, 100, 130; a ragged last
-chunk, one step, several chunks), chunk 16 and 64, with and without heads, from zero
-and declared starts; gates exactly 0 and 1; hypothesis-drawn DPLR specs.
+Zoo DPLR specs, and the zoo's diagonal specs with a matrix state read out linearly
+(GLA, RetNet, Mamba2: rank 0, read as S^T), at the lengths the issue names (T in
+1, 15, 64, 100, 130; a ragged last chunk, one step, several chunks), chunk 16 and
+64, with and without heads, from zero and declared starts; gates exactly 0 and 1;
+hypothesis-drawn DPLR specs.
 
 The "integers" regime is left out for DPLR: integer keys make I - beta k k^T
 expansive and non-normal (eigenvalue 1 - beta |k|^2, e.g. -12), the state reaches
@@ -22,8 +24,10 @@ import torch
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+import recc
 from recc.analysis import analyze
-from recc.backends.torch.chunkwise import run_chunkwise, segment_products
+from recc.backends.torch.chunkwise import _decayed, run_chunkwise, segment_products
+from recc.errors import RecError
 from recc.ir import load
 from recc.lowering import plan
 from recc.signature import bind
@@ -34,6 +38,16 @@ from tests.helpers.profiles import SLOW
 
 ROOT = Path(__file__).resolve().parent.parent
 DPLR_ZOO = ("deltanet", "gated_deltanet", "deltaproduct", "rwkv7")
+DIAGONAL_MATRIX_ZOO = ("gla", "retnet", "mamba2")
+# flash-linear-attention's orientation: S[K, V] with a left update, DPLR as S^T
+DELTA_RULE_KV = """recurrence delta_rule_kv {
+  dims K, V
+  input  q[K], k[K], v[V], beta
+  state  S[K, V] = 0
+  update S = S - outer(k, beta * (S.T @ k - v))
+  output o = S.T @ q
+}
+"""
 REGIMES = tuple(r for r in regimes_for("dplr") if r is not INTEGERS)
 
 
@@ -62,6 +76,69 @@ def test_zoo_dplr_specs_run_chunkwise_as_the_interpreter(name, T):
     for i, regime in enumerate(REGIMES):
         for L in (16, 64):
             check(rec, regime, T, heads=(None, 2)[(i + L) % 2], L=L, seed=T + i)
+
+
+@pytest.mark.parametrize("name", DIAGONAL_MATRIX_ZOO)
+@pytest.mark.parametrize("T", [1, 15, 64, 100, 130])
+def test_zoo_matrix_state_diagonal_specs_run_chunkwise_as_the_interpreter(name, T):
+    rec = load(ROOT / "specs" / f"{name}.rec")
+    lowering = plan(rec, analyze(rec))
+    # the scan stays (decoding, short T); the chunkwise form is read as S^T
+    assert lowering.algorithm == "scan" and lowering.scan is not None
+    assert lowering.chunk is not None and lowering.chunk.transposed, lowering.no_chunk_plan
+    for i, regime in enumerate(REGIMES):
+        for L in (16, 64):
+            check(rec, regime, T, heads=(None, 2)[(i + L) % 2], L=L, seed=T + i)
+
+
+@pytest.mark.parametrize("T", [1, 15, 64, 100, 130])
+def test_left_updates_of_a_kv_state_classify_dplr_and_run_chunkwise(T):
+    rec = load(DELTA_RULE_KV)
+    a = analyze(rec)
+    assert a.kind == "dplr" and a.rank == 1 and a.form.transposed
+    lowering = plan(rec, a)
+    assert lowering.chunk is not None and lowering.chunk.transposed
+    # the state comes back as the spec declares it, [K, V]
+    assert (lowering.chunk.rows, lowering.chunk.cols) == ("V", "K")
+    for i, regime in enumerate(REGIMES):
+        check(rec, regime, T, heads=(None, 2)[i % 2], L=(16, 64)[i % 2], seed=T + i)
+
+
+def _decayed_by_definition(left, d, right, strict):
+    """sum_c left[s, c, a] * prod_{s < k <= t (or < t)} d_k[c] * right[t, c, b], looped."""
+    L, C, A = left.shape
+    B = right.shape[-1]
+    out = torch.zeros(L, A, L, B, dtype=left.dtype)
+    for s in range(L):
+        for t in range(s + int(strict), L):
+            rho = torch.ones(C, dtype=d.dtype)
+            for k in range(s + 1, t + 1 - int(strict)):
+                rho = rho * d[k].expand(C)
+            out[s, :, t, :] = torch.einsum("ca,c,cb->ab", left[s], rho, right[t])
+    return out.reshape(L * A, L * B)
+
+
+@pytest.mark.parametrize("L", [20, 48, 64])
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("columns", [1, 5])
+def test_decay_products_factored_by_blocks_equal_the_definition(L, strict, columns):
+    """Decays of 0, negative ones, and runs of e^-10 (a log gate scaled by 10) that
+    underflow fp64 past 70 steps: every product is one of decays, so each term is
+    that of the definition to a few rounding units of itself (one block for L = 20,
+    three for 48, four for 64). The bound is per entry, relative to the sum of the
+    terms' magnitudes (the sum over columns may cancel); an exact 0 stays 0."""
+    gen = torch.Generator().manual_seed(L + columns)
+    d = torch.rand(L, columns, generator=gen, dtype=torch.float64)
+    d[3] = 0.0
+    d[7] = -1.5
+    d[L // 2 :] = torch.exp(torch.tensor(-10.0, dtype=torch.float64))
+    left = torch.randn(L, 5, 2, generator=gen, dtype=torch.float64)
+    right = torch.randn(L, 5, 3, generator=gen, dtype=torch.float64)
+    found = _decayed(left, d, right, strict)
+    expected = _decayed_by_definition(left, d, right, strict)
+    magnitude = _decayed_by_definition(left.abs(), d.abs(), right.abs(), strict)
+    assert ((found - expected).abs() <= 1e-13 * magnitude).all()
+    assert (found[magnitude == 0] == 0).all() and found.count_nonzero() > 0
 
 
 def test_the_registry_runs_dplr_specs_chunkwise_on_torch():
@@ -118,3 +195,64 @@ def test_random_dplr_specs_run_chunkwise_as_the_interpreter(case):
     heads = case.draw(st.sampled_from([None, 2]), label="heads")
     L = case.draw(st.sampled_from([4, 16]), label="L")
     check(rec, regime, T, heads, L, case.draw(st.integers(0, 2**16), label="seed"))
+
+
+# ---- strategy=, and the torch backend's rule between the two forms --------------
+
+
+def test_strategy_is_checked_against_the_forms_the_spec_has():
+    with pytest.raises(RecError, match="unknown strategy"):
+        recc.compile(ROOT / "specs" / "gla.rec", strategy="fast")
+    with pytest.raises(RecError, match="chunkwise.*takes one state; this spec has C, n"):
+        recc.compile(ROOT / "specs" / "mlstm.rec", strategy="chunkwise")
+    with pytest.raises(RecError, match="strategy='scan'.*no scan form"):
+        recc.compile(ROOT / "specs" / "gated_deltanet.rec", strategy="scan")
+    with pytest.raises(RecError, match="strategy='chunkwise'.*not.*minmax|diagonal-plus"):
+        recc.compile(ROOT / "specs" / "maxplus.rec", strategy="chunkwise")
+    # forced chunkwise is a plan Triton declines, so auto runs torch on every device
+    fn = recc.compile(ROOT / "specs" / "gla.rec", strategy="chunkwise")
+    assert fn.plan.algorithm == "chunkwise" and fn.plan.scan is None
+    assert fn.backend_for(torch.device("cuda")) == "torch"
+
+
+def test_auto_runs_the_scan_below_the_rule_and_chunkwise_from_it(monkeypatch):
+    from recc.backends.torch import backend as torch_backend
+
+    ran = []
+    real = torch_backend.run_chunkwise
+    monkeypatch.setattr(
+        torch_backend, "run_chunkwise", lambda *a, **k: ran.append(True) or real(*a, **k)
+    )
+    rec = load(ROOT / "specs" / "gla.rec")
+    fn = recc.compile(ROOT / "specs" / "gla.rec", backend="torch")
+    reference = recc.compile(ROOT / "specs" / "gla.rec", backend="interpreter")
+    assert f"T >= {torch_backend.CHUNKWISE_FROM_T}" in fn.explain()
+    gen = torch.Generator().manual_seed(0)
+    for T in (0, torch_backend.CHUNKWISE_FROM_T - 1, torch_backend.CHUNKWISE_FROM_T):
+        ran.clear()
+        x = {
+            d.name: torch.randn(2, T, *(3 for _ in d.dims), generator=gen, dtype=torch.float64)
+            for d in rec.inputs
+        }
+        x["gk"] = -x["gk"].abs()
+        torch.testing.assert_close(fn(**x), reference(**x), rtol=1e-10, atol=1e-12)
+        assert bool(ran) == (T >= torch_backend.CHUNKWISE_FROM_T)
+
+
+def test_explain_says_why_a_matrix_state_has_no_chunkwise_form():
+    text = recc.compile(ROOT / "specs" / "mlstm.rec").explain()
+    assert "the scan at every T; no chunkwise form" in text
+
+
+def test_bf16_inputs_run_chunkwise_in_fp32():
+    fn = recc.compile(ROOT / "specs" / "gla.rec", backend="torch", strategy="chunkwise")
+    reference = recc.compile(ROOT / "specs" / "gla.rec", backend="interpreter")
+    gen = torch.Generator().manual_seed(0)
+    x = {n: torch.randn(1, 80, 2, 16, generator=gen) * 0.5 for n in ("q", "k", "v", "gk")}
+    x["gk"] = torch.nn.functional.logsigmoid(x["gk"] + 2)
+    low = {n: t.to(torch.bfloat16) for n, t in x.items()}
+    o = fn(**low)
+    assert o.dtype == torch.bfloat16
+    exact = reference(**{n: t.double() for n, t in low.items()})
+    rms = ((o.double() - exact).pow(2).mean() / exact.pow(2).mean()).sqrt()
+    assert rms <= 5e-3  # fla's bf16 output tolerance (relative RMS); bf16 output rounding ~2e-3

@@ -14,6 +14,11 @@ from recc.backends.torch.chunkwise import run_chunkwise
 from recc.backends.torch.scan import run_scan
 from recc.lowering import CHUNKWISE, LoweringPlan
 
+# A matrix state with both a scan and a chunkwise form (GLA, RetNet, Mamba2, unless
+# `strategy=` keeps one): the scan for sequences shorter than this, chunkwise from it.
+# Measured by `python benchmarks/chunkwise.py --crossover` (docs/lowering-chunkwise.md).
+CHUNKWISE_FROM_T = 64
+
 
 class TorchBackend:
     name = "torch"
@@ -35,19 +40,24 @@ class TorchBackend:
         return None
 
     def prepare(self, plan: LoweringPlan, options: Options):
-        if plan.chunk is not None:
-            chunk = plan.chunk
+        chunk, scan = plan.chunk, plan.scan
+        if scan is None:
+            assert chunk is not None, plan.algorithm
             return lambda call: run_chunkwise(chunk, call.bound)
-        scan = plan.scan
-        assert scan is not None, plan.algorithm
         if options.torch_compile:
             from recc.backends.torch.compiled import CompiledScan
 
             compiled = CompiledScan(scan)
-            return lambda call: compiled(call.bound)
+            run_scan_form = lambda call: compiled(call.bound)  # noqa: E731
+        else:
+            run_scan_form = lambda call: run_scan(scan, call.bound)  # noqa: E731
+        if chunk is None:
+            return run_scan_form
 
-        def run(call: Call):
-            return run_scan(scan, call.bound)
+        def run(call: Call):  # both forms: the cost rule picks by the call's length
+            if call.bound.T >= CHUNKWISE_FROM_T:
+                return run_chunkwise(chunk, call.bound)
+            return run_scan_form(call)
 
         return run
 
@@ -55,6 +65,16 @@ class TorchBackend:
         raise NotImplementedError("the torch backend writes no module")
 
     def details(self, plan: LoweringPlan) -> list[str]:
+        return []
+
+    def notes(self, plan: LoweringPlan) -> list[str]:
+        if plan.chunk is not None and plan.scan is not None:
+            return [
+                f"T >= {CHUNKWISE_FROM_T}: the chunkwise algorithm (matmuls over chunks of "
+                f"{plan.chunk.chunk} steps); shorter sequences and decoding: the scan",
+            ]
+        if plan.scan is not None and plan.no_chunk_plan:  # a matrix state without one
+            return [f"the scan at every T; no chunkwise form: {plan.no_chunk_plan}"]
         return []
 
 

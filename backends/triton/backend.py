@@ -76,6 +76,9 @@ class TritonBackend:
 
         return build_module(plan)
 
+    def notes(self, plan: LoweringPlan) -> list[str]:
+        return []
+
     def details(self, plan: LoweringPlan, arch: int = 90) -> list[str]:
         """Registers and spills of the generated kernels, compiled ahead of time."""
         kernel = self._kernel(plan)

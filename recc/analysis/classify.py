@@ -12,6 +12,8 @@ and says why: a conservative class is only slower, a wrong one is wrong.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import sympy
 
@@ -33,6 +35,7 @@ from recc.analysis.forms import (
 from recc.analysis.linear import affine_in_the_states, diagonal_coefficients, injections
 from recc.analysis.minmax import max_min_coefficients, plus_coefficients
 from recc.analysis.normalise import normalise
+from recc.analysis.orientation import transposed
 from recc.analysis.rewrite import NotCanonical, mentions, state_dependent_lets
 from recc.analysis.symbolic import (
     Scalarised,
@@ -93,16 +96,29 @@ def _analyze(rec: Recurrence) -> Analysis:
             except NotCanonical as err:
                 reasons.append(f"no diagonal form ({err}); staying general")
         else:
-            rank = dplr_rank(rec, reasons)
+            read, rank = rec, dplr_rank(rec, reasons)
+            if rank is None and _one_matrix_state(rec):
+                read = transposed(rec, rec.states[0].name)
+                rank = dplr_rank(read, reasons)
+                if rank is not None:
+                    reasons.append(
+                        "its columns evolve independently: read as the recurrence of "
+                        f"{rec.states[0].name}^T (a [K, V] state with left updates)"
+                    )
             if rank is not None:
                 try:
-                    form = dplr_form(rec, rec.states[0].name)
+                    form = dplr_form(read, rec.states[0].name)
+                    if read is not rec:
+                        form = replace(form, transposed=True)
                     if form.rank != rank:
                         reasons.append(
                             f"the spec's low-rank terms number {form.rank}; "
                             f"the minimal rank is {rank}"
                         )
-                    reasons.append(f"S' = S @ (diag(d) - rank-{rank}) + B: diagonal-plus-low-rank")
+                    S = "S^T" if form.transposed else "S"
+                    reasons.append(
+                        f"{S}' = {S} @ (diag(d) - rank-{rank}) + B: diagonal-plus-low-rank"
+                    )
                     return done(DPLR, form, rank=rank)
                 except NotCanonical as err:
                     reasons.append(f"no DPLR form ({err}); staying general")
@@ -128,6 +144,10 @@ def _analyze(rec: Recurrence) -> Analysis:
         reasons.append("some update is not affine in the state as written: nonlinear")
     reasons.append(f"Jacobian structure: {structure.describe()}")
     return done(NONLINEAR, NonlinearForm())
+
+
+def _one_matrix_state(rec: Recurrence) -> bool:
+    return len(rec.states) == 1 and len(rec.states[0].dims) == 2
 
 
 def not_rewritten(rec: Recurrence) -> list[str]:

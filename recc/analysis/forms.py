@@ -81,12 +81,17 @@ class LowRankTerm:
 
 @dataclass(frozen=True)
 class DplrForm:
-    """S' = S * d + sum_r outer(S @ u_r, w_r) + inject  (= S @ (diag(d) + U W^T) + B)."""
+    """S' = S * d + sum_r outer(S @ u_r, w_r) + inject  (= S @ (diag(d) + U W^T) + B).
+
+    `transposed`: the form is of S^T, not S (a spec that stores S[K, V] with left
+    updates, as flash-linear-attention does: recc.analysis.orientation); then the
+    rows and columns above are S's columns and rows."""
 
     state: str
     decay: Expr | None  # broadcast over the columns C (scalar or [C]); None is 0
     terms: tuple[LowRankTerm, ...]
     inject: Expr | None
+    transposed: bool = False
     kind: str = field(default=DPLR, init=False)
 
     @property

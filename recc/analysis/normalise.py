@@ -122,9 +122,10 @@ class _Normaliser:
         return d if expr is d.expr else replace(d, expr=expr)
 
 
-def normalise(rec: Recurrence) -> Recurrence:
-    """`rec` with the exact rewrites above applied to its lets and updates (outputs
-    are left alone: they do not decide the class); `rec` itself if none applies."""
+def normalise(rec: Recurrence, outputs: bool = False) -> Recurrence:
+    """`rec` with the exact rewrites above applied to its lets and updates, and to its
+    outputs if `outputs` (the classifier leaves them alone: they do not decide the
+    class); `rec` itself if none applies."""
     n = _Normaliser()
     lets = []
     for let in rec.lets:
@@ -132,8 +133,8 @@ def normalise(rec: Recurrence) -> Recurrence:
         n.lets[let.name] = new.expr
         lets.append(new)
     updates = tuple(n.definition(u) for u in rec.updates)
-    if all(a is b for a, b in zip(lets, rec.lets)) and all(
-        a is b for a, b in zip(updates, rec.updates)
-    ):
+    read = tuple(n.definition(o) for o in rec.outputs) if outputs else rec.outputs
+    unchanged = zip((*lets, *updates, *read), (*rec.lets, *rec.updates, *rec.outputs))
+    if all(a is b for a, b in unchanged):
         return rec
-    return replace(rec, lets=tuple(lets), updates=updates)
+    return replace(rec, lets=tuple(lets), updates=updates, outputs=read)

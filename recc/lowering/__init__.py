@@ -5,18 +5,20 @@ May import: recc.ir, recc.analysis. Never a backend.
 
 from recc.analysis.forms import Analysis, DiagonalBlock, DiagonalForm, MinMaxForm
 from recc.lowering.chunk import ChunkPlan, Readout, Write, chunk_plan
-from recc.lowering.plan import CHUNKWISE, NEWTON, SCAN, LoweringPlan, plan
+from recc.lowering.plan import AUTO, CHUNKWISE, NEWTON, SCAN, STRATEGIES, LoweringPlan, plan
 from recc.lowering.scan import ScanGroup, ScanPlan, old_name, old_state, scan_plan
 
 # The plan's vocabulary: a backend reads the canonical forms through a plan and
 # imports them from here, never from recc.analysis.
 __all__ = [
+    "AUTO",
     "CHUNKWISE",
     "ChunkPlan",
     "Readout",
     "chunk_plan",
     "NEWTON",
     "SCAN",
+    "STRATEGIES",
     "Analysis",
     "DiagonalBlock",
     "DiagonalForm",

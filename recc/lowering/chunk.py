@@ -21,10 +21,12 @@ the algorithm cannot take gets no plan, and `chunk_plan` says why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from recc.analysis.dplr import direction_of, factor, linear_readout, outer_terms
-from recc.analysis.forms import Analysis, DplrForm
+from recc.analysis.dplr import direction_of, dplr_form, factor, linear_readout, outer_terms
+from recc.analysis.forms import Analysis, DiagonalForm, DplrForm
+from recc.analysis.normalise import normalise
+from recc.analysis.orientation import transposed
 from recc.analysis.rewrite import NotCanonical, make, state_dependent_lets
 from recc.ir.nodes import Const, Definition, Expr, Recurrence
 
@@ -65,6 +67,7 @@ class ChunkPlan:
     writes: tuple[Write, ...]
     readouts: tuple[Readout, ...]
     state_free_lets: tuple[Definition, ...]
+    transposed: bool = False  # rows, cols are those of the spec's S^T (S stored [cols, rows])
     chunk: int = CHUNK
 
     @property
@@ -74,10 +77,44 @@ class ChunkPlan:
 
 
 def chunk_plan(rec: Recurrence, analysis: Analysis) -> ChunkPlan | str:
-    """The chunkwise plan of a DPLR recurrence, or why there is none."""
+    """The chunkwise plan of a matrix-state recurrence, or why there is none.
+
+    A DPLR class is read the way the classifier read it (S or S^T). A diagonal class
+    with one matrix state (GLA, RetNet, Mamba2: decay along one dim, written as
+    outer products, read out linearly) is DPLR of rank 0 in one orientation; the plan
+    takes whichever the readouts allow, as written first."""
     form = analysis.form
-    if not isinstance(form, DplrForm):
-        return f"the chunkwise algorithm takes diagonal-plus-low-rank forms, not {analysis.kind}"
+    if isinstance(form, DplrForm):
+        read = transposed(rec, form.state) if form.transposed else rec
+        return _plan(rec, read, analysis, form)
+    matrix = [s for s in rec.states if len(s.dims) == 2]
+    if not isinstance(form, DiagonalForm) or not matrix:
+        return (
+            "the chunkwise algorithm takes matrix states of diagonal-plus-low-rank "
+            f"or diagonal forms, not {analysis.kind} ones"
+        )
+    if len(rec.states) != 1:
+        names = ", ".join(s.name for s in rec.states)
+        return f"the chunkwise algorithm takes one state; this spec has {names}"
+    state = matrix[0].name
+    why = []
+    for flip in (False, True):
+        read = transposed(rec, state) if flip else normalise(rec)
+        try:
+            found = dplr_form(read, state)
+        except NotCanonical as err:
+            why.append(f"{'as ' + state + '^T' if flip else 'as written'}: {err}")
+            continue
+        plan = _plan(rec, read, analysis, replace(found, transposed=flip))
+        if isinstance(plan, ChunkPlan):
+            return plan
+        why.append(f"{'as ' + state + '^T' if flip else 'as written'}: {plan}")
+    return "; ".join(why)
+
+
+def _plan(spec: Recurrence, rec: Recurrence, analysis: Analysis, form: DplrForm) -> ChunkPlan | str:
+    """The plan of `spec`, read off `rec`: the spec written for the orientation `form`
+    is of (the spec itself, or for S^T)."""
     s = rec.state(form.state)
     rows, cols = s.dims
     dependent = state_dependent_lets(rec, {form.state})
@@ -109,7 +146,7 @@ def chunk_plan(rec: Recurrence, analysis: Analysis) -> ChunkPlan | str:
             return f"output {out.name} is not {form.state} @ p + (state-free): {err}"
         readouts.append(Readout(out.name, probe, rest))
     return ChunkPlan(
-        spec=rec,
+        spec=spec,
         analysis=analysis,
         state=form.state,
         rows=rows,
@@ -119,4 +156,5 @@ def chunk_plan(rec: Recurrence, analysis: Analysis) -> ChunkPlan | str:
         writes=tuple(Write(e, tuple(r), a) for e, (r, a) in writes.items()),
         readouts=tuple(readouts),
         state_free_lets=free_lets,
+        transposed=form.transposed,
     )

@@ -29,8 +29,10 @@ class LoweringPlan:
     spec: Recurrence
     analysis: Analysis
     scan: ScanPlan | None = None  # SCAN: the facts its backends read (recc.lowering.scan)
-    chunk: ChunkPlan | None = None  # CHUNKWISE: the same (recc.lowering.chunk)
-    no_chunk_plan: str = ""  # CHUNKWISE without a ChunkPlan: why the algorithm cannot take it
+    # CHUNKWISE: the same (recc.lowering.chunk); on a SCAN plan of a matrix state, the
+    # chunkwise form a backend may run instead for long sequences
+    chunk: ChunkPlan | None = None
+    no_chunk_plan: str = ""  # why there is no ChunkPlan (CHUNKWISE, or SCAN of a matrix)
     # states a linear form reads, which must start finite (checked at call time)
     finite_states: frozenset[str] = frozenset()
 
@@ -39,7 +41,31 @@ class LoweringPlan:
         return self.analysis.kind
 
 
-def plan(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
+AUTO = "auto"
+STRATEGIES = (AUTO, SCAN, CHUNKWISE)  # what `strategy=` takes
+
+
+def plan(rec: Recurrence, analysis: Analysis, strategy: str = AUTO) -> LoweringPlan:
+    """The plan for `rec`. `strategy`: AUTO (the class's algorithm, and for a matrix
+    state with a linear readout both the scan and the chunkwise form, a backend
+    picking by T), or SCAN / CHUNKWISE to keep only that form where the spec has it
+    (a plan without it is returned unchanged: the caller reports it)."""
+    chosen = _plan(rec, analysis)
+    if strategy == SCAN and chosen.scan is not None:
+        return replace(chosen, chunk=None, no_chunk_plan="strategy='scan' was asked for")
+    if strategy == CHUNKWISE and chosen.chunk is not None and chosen.algorithm == SCAN:
+        return replace(
+            chosen,
+            algorithm=CHUNKWISE,
+            description="chunkwise algorithm (rank 0: decay and outer-product writes), "
+            "state passed between chunks",
+            why="strategy='chunkwise' was asked for",
+            scan=None,
+        )
+    return chosen
+
+
+def _plan(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
     chosen = _algorithm(rec, analysis)
     finite = frozenset(linear_states(analysis.form))
     if chosen.algorithm == CHUNKWISE:
@@ -48,7 +74,14 @@ def plan(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
             return replace(chosen, no_chunk_plan=facts, finite_states=finite)
         return replace(chosen, chunk=facts, finite_states=finite)
     facts = scan_plan(rec, analysis) if chosen.algorithm == SCAN else None
-    return replace(chosen, scan=facts, finite_states=finite)
+    chosen = replace(chosen, scan=facts, finite_states=finite)
+    if chosen.algorithm == SCAN and any(len(s.dims) == 2 for s in rec.states):
+        # a matrix state read out linearly also runs chunkwise: a backend picks by T
+        chunk = chunk_plan(rec, analysis)
+        if isinstance(chunk, str):
+            return replace(chosen, no_chunk_plan=chunk)
+        return replace(chosen, chunk=chunk)
+    return chosen
 
 
 def _algorithm(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
