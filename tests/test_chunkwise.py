@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 import recc
 from recc.analysis import analyze
-from recc.backends.torch.chunkwise import _decayed, run_chunkwise, segment_products
+from recc.backends.torch.chunkwise import run_chunkwise
+from recc.backends.torch.decays import decayed, segment_products
 from recc.errors import RecError
 from recc.ir import load
 from recc.lowering import plan
@@ -104,7 +105,7 @@ def test_left_updates_of_a_kv_state_classify_dplr_and_run_chunkwise(T):
         check(rec, regime, T, heads=(None, 2)[i % 2], L=(16, 64)[i % 2], seed=T + i)
 
 
-def _decayed_by_definition(left, d, right, strict):
+def decayed_by_definition(left, d, right, strict):
     """sum_c left[s, c, a] * prod_{s < k <= t (or < t)} d_k[c] * right[t, c, b], looped."""
     L, C, A = left.shape
     B = right.shape[-1]
@@ -134,9 +135,9 @@ def test_decay_products_factored_by_blocks_equal_the_definition(L, strict, colum
     d[L // 2 :] = torch.exp(torch.tensor(-10.0, dtype=torch.float64))
     left = torch.randn(L, 5, 2, generator=gen, dtype=torch.float64)
     right = torch.randn(L, 5, 3, generator=gen, dtype=torch.float64)
-    found = _decayed(left, d, right, strict)
-    expected = _decayed_by_definition(left, d, right, strict)
-    magnitude = _decayed_by_definition(left.abs(), d.abs(), right.abs(), strict)
+    found = decayed(left, d, right, strict)
+    expected = decayed_by_definition(left, d, right, strict)
+    magnitude = decayed_by_definition(left.abs(), d.abs(), right.abs(), strict)
     assert ((found - expected).abs() <= 1e-13 * magnitude).all()
     assert (found[magnitude == 0] == 0).all() and found.count_nonzero() > 0
 
