@@ -39,6 +39,9 @@ class InterpreterBackend:
 
         return build_module(plan, kernels=False)
 
+    def takes_packed(self, plan: LoweringPlan) -> bool:
+        return False
+
     def notes(self, plan: LoweringPlan) -> list[str]:
         return []
 

@@ -63,6 +63,11 @@ class Backend(Protocol):
         """The source of a standalone module for `plan` (only if `builds`)."""
         ...
 
+    def takes_packed(self, plan: LoweringPlan) -> bool:
+        """Whether its executor runs a packed call (`bound.cu_seqlens`) itself; if not,
+        the caller runs it once per sequence (`recc.backends.sequences`)."""
+        ...
+
     def notes(self, plan: LoweringPlan) -> list[str]:
         """Lines `recc explain` always prints under an accepting backend: how it runs
         the plan where it has a choice (cheap: no compiling)."""

@@ -14,6 +14,7 @@ import torch
 from recc.analysis import Analysis, analyze
 from recc.backends.protocol import Call, Executor, Options
 from recc.backends.registry import NAMES, REGISTRY, backend_named, first_accepting
+from recc.backends.sequences import per_sequence
 from recc.errors import RecError
 from recc.ir import Recurrence, load
 from recc.lowering import AUTO, CHUNKWISE, SCAN, STRATEGIES, LoweringPlan, plan
@@ -29,10 +30,17 @@ class CompiledRecurrence:
         y = fn(k=k, v=v)                                   # one output
         y, final = fn(k=k, v=v, output_final_state=True)  # and the last state
         y = fn(k=k, v=v, initial_state=h0)                 # start from h0
+        y = fn(k=k, v=v, cu_seqlens=offsets)               # packed sequences
 
     Inputs are `[B, T, *dims]` or `[B, T, H, *dims]`; params their declared
     shape (or `[H, *shape]`); states `[B, (H), *dims]`. Several outputs come
     back as a tuple in declaration order, several states likewise.
+
+    `cu_seqlens` (flash-linear-attention's convention): N sequences packed along
+    time in one batch row, inputs `[1, T, ...]`, sequence i at steps
+    `cu_seqlens[i]:cu_seqlens[i+1]` (an integer tensor or list `[0, ..., T]`); the
+    initial and final states are then `[N, (H), *dims]`, one row per sequence, and
+    each sequence starts from its own row, exactly as N separate calls would.
 
     NaN in any tensor is a RecError unless `check_nan=False` (then it
     propagates like in any torch op); inf is allowed (MinMax starts at -inf).
@@ -86,6 +94,7 @@ class CompiledRecurrence:
         initial_state: Any = None,
         output_final_state: bool = False,
         check_nan: bool = True,
+        cu_seqlens: Any = None,
         **tensors: Any,
     ) -> Any:
         if args:
@@ -98,7 +107,7 @@ class CompiledRecurrence:
                     hint=f"pass {flag}=True or {flag}=False",
                 )
         finite = self.plan.finite_states
-        bound = bind(self.spec, tensors, initial_state, check_nan, finite_states=finite)
+        bound = bind(self.spec, tensors, initial_state, check_nan, finite, cu_seqlens)
         name = self.backend_for(bound.device)
         reason = backend_named(name).supports(self.plan, bound.device)
         if reason is not None:  # only a backend named by the user declines here
@@ -108,7 +117,11 @@ class CompiledRecurrence:
                 hint=f"move the tensors, or use backend='auto' or one of: {', '.join(others)}",
             )
         call = Call(bound, tensors, initial_states(self.spec, initial_state))
-        outputs, finals = self._executor(name)(call)
+        executor = self._executor(name)
+        if bound.cu_seqlens is not None and not backend_named(name).takes_packed(self.plan):
+            outputs, finals = per_sequence(executor, call)
+        else:
+            outputs, finals = executor(call)
         out = tuple(outputs[o.name] for o in self.spec.outputs)
         result: Any = out[0] if len(out) == 1 else out
         if not output_final_state:

@@ -50,6 +50,15 @@ class Bound:
     compute_dtype: torch.dtype
     out_dtype: torch.dtype
     device: torch.device
+    # packed sequences (B = 1): sequence i is steps cu_seqlens[i]:cu_seqlens[i+1], its
+    # initial and final states are row i of the states' batch axis; None: one sequence
+    # per batch row
+    cu_seqlens: tuple[int, ...] | None = None
+
+    @property
+    def sequences(self) -> int:
+        """How many sequences the states hold: the batch, or the packed count."""
+        return self.B if self.cu_seqlens is None else len(self.cu_seqlens) - 1
 
     @property
     def batch_heads(self) -> tuple[int, ...]:
@@ -124,6 +133,7 @@ def bind(
     check_nan: bool = True,
     finite_states: frozenset[str] = frozenset(),
     error: type = RecError,
+    cu_seqlens: Any = None,
 ) -> Bound:
     """Check a call's arguments against the signature and bind dim sizes.
 
@@ -132,7 +142,8 @@ def bind(
     propagates like any torch op: to the outputs at and after its step.
     `finite_states`: states whose initial value must also be free of +-inf (those
     a linear recurrence reads). `error`: the exception class raised, called as
-    `error(message, hint=...)`.
+    `error(message, hint=...)`. `cu_seqlens`: packed sequences (`check_cu_seqlens`);
+    the states then have one row per sequence.
 
     The computation runs in fp64 if any input, param or initial state is
     fp64, else in fp32; outputs come back in the inputs' and params' promoted
@@ -186,6 +197,9 @@ def bind(
     device = x0.device
     lead = "B, T, H" if heads else "B, T"
     n_lead = 3 if heads else 2
+    offsets = None if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T, error)
+    rows = B if offsets is None else len(offsets) - 1  # the states' batch axis
+    rows_name = "B" if offsets is None else "N"
     dtypes = []
 
     bound_inputs = {}
@@ -235,16 +249,20 @@ def bind(
     for state_name, dims, _ in state_decls:
         if state_name in states:
             x = _check_tensor("initial state", state_name, states[state_name], error)
-            want_lead = (B, *((H,) if heads else ()))
+            want_lead = (rows, *((H,) if heads else ()))
+            state_lead = f"{rows_name}, H" if heads else rows_name
             if (
                 x.dim() != len(dims) + len(want_lead)
                 or tuple(x.shape[: len(want_lead)]) != want_lead
             ):
                 raise error(
                     f"initial state '{state_name}' has shape {list(x.shape)}; expected "
-                    f"{_layout(dims, 'B, H' if heads else 'B')} with "
-                    f"{'B, H' if heads else 'B'} = {', '.join(map(str, want_lead))}",
-                    hint="a state's initial value has the batch (and heads) axes of the inputs",
+                    f"{_layout(dims, state_lead)} with "
+                    f"{state_lead} = {', '.join(map(str, want_lead))}",
+                    hint="a state's initial value has the batch (and heads) axes of the inputs"
+                    if offsets is None
+                    else "with cu_seqlens a state has one row per sequence: "
+                    f"N = len(cu_seqlens) - 1 = {rows}",
                 )
             if x.device != device:
                 raise error(
@@ -277,7 +295,7 @@ def bind(
 
     init = {}
     for state_name, dims, start in state_decls:
-        shape = (B, *((H,) if heads else ()), *(sizes[d] for d in dims))
+        shape = (rows, *((H,) if heads else ()), *(sizes[d] for d in dims))
         if state_name in states:
             init[state_name] = states[state_name].to(compute)
         else:
@@ -300,7 +318,52 @@ def bind(
         compute_dtype=compute,
         out_dtype=out_dtype,
         device=device,
+        cu_seqlens=offsets,
     )
+
+
+def check_cu_seqlens(cu_seqlens: Any, B: int, T: int, error: type = RecError) -> tuple[int, ...]:
+    """Packed sequences' offsets as a tuple of ints, checked: a 1-D integer tensor (or a
+    list of ints) `[0, t_1, ..., T]`, nondecreasing, with inputs of batch 1 (fla's
+    convention). Empty sequences are allowed: their final state is their initial one."""
+    how = "cu_seqlens = [0, len_1, len_1 + len_2, ..., T], e.g. torch.tensor([0, 5, 12])"
+    if isinstance(cu_seqlens, torch.Tensor):
+        if cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype.is_complex:
+            raise error(
+                f"cu_seqlens has dtype {cu_seqlens.dtype}; it holds step offsets",
+                hint="pass an integer tensor (torch.int32 or torch.int64)",
+            )
+        if cu_seqlens.dim() != 1:
+            raise error(f"cu_seqlens has shape {list(cu_seqlens.shape)}; it is 1-D", hint=how)
+        offsets = [int(v) for v in cu_seqlens.tolist()]
+    elif isinstance(cu_seqlens, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in cu_seqlens
+    ):
+        offsets = list(cu_seqlens)
+    else:
+        raise error(
+            f"cu_seqlens must be an integer tensor or a list of ints, got "
+            f"{type(cu_seqlens).__name__}",
+            hint=how,
+        )
+    if B != 1:
+        raise error(
+            f"cu_seqlens packs sequences along time, so the inputs have batch 1; got B={B}",
+            hint="concatenate the sequences along the time axis into [1, total, ...]",
+        )
+    if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != T:
+        raise error(
+            f"cu_seqlens must start at 0 and end at the inputs' length T={T}; got "
+            f"{offsets if len(offsets) <= 8 else offsets[:4] + ['...'] + offsets[-2:]}",
+            hint=how,
+        )
+    for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
+        if b < a:
+            raise error(
+                f"cu_seqlens decreases at position {i + 1} ({a} then {b})",
+                hint="offsets are cumulative lengths: nondecreasing",
+            )
+    return tuple(offsets)
 
 
 def initial_states(signature: dict, initial_state: Any, error: type = RecError) -> dict[str, Any]:

@@ -42,6 +42,7 @@ def bind(
     initial_state: Any = None,
     check_nan: bool = True,
     finite_states: frozenset[str] = frozenset(),
+    cu_seqlens: Any = None,
 ) -> Bound:
     """Check a call's arguments against the spec and bind dim sizes.
 
@@ -49,14 +50,21 @@ def bind(
     reduction per tensor; on a GPU it waits for the data). With False, NaN
     propagates like any torch op: to the outputs at and after its step.
     `finite_states`: states whose initial value must also be free of +-inf (those
-    a linear recurrence reads).
+    a linear recurrence reads). `cu_seqlens`: packed sequences of one batch row
+    (`recc.binding.check_cu_seqlens`); states then have one row per sequence.
 
     The computation runs in fp64 if any input, param or initial state is
     fp64, else in fp32; outputs come back in the inputs' and params' promoted
     dtype, final states in the compute dtype.
     """
     return binding.bind(
-        signature_of(rec), tensors, initial_state, check_nan, finite_states, error=RecError
+        signature_of(rec),
+        tensors,
+        initial_state,
+        check_nan,
+        finite_states,
+        error=RecError,
+        cu_seqlens=cu_seqlens,
     )
 
 

@@ -169,3 +169,32 @@ def test_options_reach_the_named_backend_only():
     assert disagreements(rec, analysis, "torch", tensors, init, options=Options()) == []
     with pytest.raises(ValueError, match="options= applies to a named backend"):
         disagreements(rec, analysis, "auto", tensors, init, options=Options())
+
+
+# Drawn by tests/test_chunkwise.py's DPLR property test (saturating regime, T=37): the
+# low-rank part is large, the maps expansive and non-normal, the state 1e131 at the end;
+# a one-ulp change of the inputs moves the loop's own output by ~1e-9 relative.
+EXPANSIVE_DPLR = """recurrence r {
+  dims K, V
+  input r[K], x8, a[V], x7, c[K], q[K], b[V]
+  state S[V, K] = 0.25
+  let g9 = softplus(exp(-1) * x8)
+  let g10 = (x8 + 3.5) * (-x8)
+  let decay = sqrt(sigmoid(g9 * g10)) / (1 + 1 / (1 + exp(g10 - g9)))
+  let w = -(sqrt(sigmoid(0.5 * x7)) * sigmoid(r))
+  update S = S * decay + outer(S @ c, -c) + outer(S @ r, w) + outer(a, c) + x7 * outer(b, r)
+  output o = S @ q
+}
+"""
+
+
+def test_well_conditioned_tells_an_undetermined_call_from_a_determined_one():
+    from recc.testing.agree import interpreter_results, well_conditioned
+    from recc.testing.regimes import NORMAL, SATURATING
+
+    rec = load(EXPANSIVE_DPLR)
+    a = analyze(rec)
+    for regime, seed, T, expected in ((SATURATING, 287, 37, False), (NORMAL, 1, 37, True)):
+        tensors, init = regime.call(rec, T, seed=seed, heads=2)
+        reference = interpreter_results(rec, a, tensors, init, seed)
+        assert well_conditioned(rec, a, tensors, init, reference, seed) is expected, regime.name

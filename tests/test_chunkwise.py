@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, assume, event, given, settings
 from hypothesis import strategies as st
 
 import recc
@@ -32,7 +32,7 @@ from recc.errors import RecError
 from recc.ir import load
 from recc.lowering import plan
 from recc.signature import bind
-from recc.testing.agree import disagreements, interpreter_results
+from recc.testing.agree import disagreements, interpreter_results, well_conditioned
 from recc.testing.regimes import INTEGERS, regimes_for
 from recc.testing.strategies import spec_of
 from tests.helpers.profiles import SLOW
@@ -59,19 +59,26 @@ def _chunked(rec, chunk_plan, L):
     return run
 
 
-def check(rec, regime, T, heads, L, seed):
+def check(rec, regime, T, heads, L, seed, drawn=False):
+    """The chunkwise result against the interpreter's. `drawn` (a hypothesis-drawn
+    spec): an ill-conditioned call, whose interpreter result is itself undetermined at
+    the tolerance (`well_conditioned`), is set aside."""
     a = analyze(rec)
     lowering = plan(rec, a)
     assert lowering.chunk is not None, lowering.no_chunk_plan
     tensors, init = regime.call(rec, T, seed=seed, heads=heads)
     reference = interpreter_results(rec, a, tensors, init, seed)
+    if drawn:
+        conditioned = well_conditioned(rec, a, tensors, init, reference, seed)
+        event("well-conditioned" if conditioned else "ill-conditioned: set aside")
+        assume(conditioned)
     backend = _chunked(rec, lowering.chunk, L)
     found = disagreements(rec, a, backend, tensors, init, seed, reference, regime.overflows)
     assert not found, f"[{regime.name}, T={T}, heads={heads}, L={L}]: " + "; ".join(map(str, found))
 
 
 @pytest.mark.parametrize("name", DPLR_ZOO)
-@pytest.mark.parametrize("T", [1, 15, 64, 100, 130])
+@pytest.mark.parametrize("T", [0, 1, 15, 64, 100, 130])
 def test_zoo_dplr_specs_run_chunkwise_as_the_interpreter(name, T):
     rec = load(ROOT / "specs" / f"{name}.rec")
     for i, regime in enumerate(REGIMES):
@@ -80,7 +87,7 @@ def test_zoo_dplr_specs_run_chunkwise_as_the_interpreter(name, T):
 
 
 @pytest.mark.parametrize("name", DIAGONAL_MATRIX_ZOO)
-@pytest.mark.parametrize("T", [1, 15, 64, 100, 130])
+@pytest.mark.parametrize("T", [0, 1, 15, 64, 100, 130])
 def test_zoo_matrix_state_diagonal_specs_run_chunkwise_as_the_interpreter(name, T):
     rec = load(ROOT / "specs" / f"{name}.rec")
     lowering = plan(rec, analyze(rec))
@@ -92,7 +99,7 @@ def test_zoo_matrix_state_diagonal_specs_run_chunkwise_as_the_interpreter(name, 
             check(rec, regime, T, heads=(None, 2)[(i + L) % 2], L=L, seed=T + i)
 
 
-@pytest.mark.parametrize("T", [1, 15, 64, 100, 130])
+@pytest.mark.parametrize("T", [0, 1, 15, 64, 100, 130])
 def test_left_updates_of_a_kv_state_classify_dplr_and_run_chunkwise(T):
     rec = load(DELTA_RULE_KV)
     a = analyze(rec)
@@ -195,7 +202,7 @@ def test_random_dplr_specs_run_chunkwise_as_the_interpreter(case):
     T = case.draw(st.sampled_from([1, 5, 16, 37]), label="T")
     heads = case.draw(st.sampled_from([None, 2]), label="heads")
     L = case.draw(st.sampled_from([4, 16]), label="L")
-    check(rec, regime, T, heads, L, case.draw(st.integers(0, 2**16), label="seed"))
+    check(rec, regime, T, heads, L, case.draw(st.integers(0, 2**16), label="seed"), drawn=True)
 
 
 # ---- strategy=, and the torch backend's rule between the two forms --------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from recc.backends.protocol import Call, Options
+from recc.backends.sequences import per_sequence
 from recc.backends.torch.chunkwise import run_chunkwise
 from recc.backends.torch.scan import run_scan
 from recc.lowering import CHUNKWISE, LoweringPlan
@@ -57,9 +58,16 @@ class TorchBackend:
         def run(call: Call):  # both forms: the cost rule picks by the call's length
             if call.bound.T >= CHUNKWISE_FROM_T:
                 return run_chunkwise(chunk, call.bound)
+            if call.bound.cu_seqlens is not None:  # the scan takes one sequence a call
+                return per_sequence(run_scan_form, call)
             return run_scan_form(call)
 
         return run
+
+    def takes_packed(self, plan: LoweringPlan) -> bool:
+        """The chunkwise algorithm packs sequences (chunks never straddle two); the
+        scan alone does not."""
+        return plan.chunk is not None
 
     def build(self, plan: LoweringPlan) -> str:
         raise NotImplementedError("the torch backend writes no module")

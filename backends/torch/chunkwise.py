@@ -22,6 +22,8 @@ negative decays are exact. Gradients come from torch autograd through these ops.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from recc.backends.torch.decays import decayed, prefix_products, suffix_products
@@ -96,8 +98,33 @@ def _pad(x: torch.Tensor, steps: int, value: float) -> torch.Tensor:
     return torch.cat([x, fill], dim=1)
 
 
+class _Layout:
+    """Where each step sits once the sequences are cut into whole chunks of L steps.
+
+    Every sequence (the one of each batch row, or each of `cu_seqlens`' packed ones)
+    gets its own chunks, at least one, so no chunk straddles two sequences; a
+    sequence's last chunk is filled with identity steps (decay 1, nothing written or
+    read: step T of the coefficients, one identity step appended). `index[p]`: the
+    step at chunked position p; `chunks[i]`: sequence i's chunks, a range."""
+
+    def __init__(self, T: int, L: int, offsets: tuple[int, ...], device) -> None:
+        pieces, self.chunks, first = [], [], 0
+        for a, b in zip(offsets, offsets[1:]):
+            n = max(1, -(-(b - a) // L))
+            step = torch.arange(a, a + n * L, device=device)
+            pieces.append(torch.where(step < b, step, T))  # past the end: the identity
+            self.chunks.append(range(first, first + n))
+            first += n
+        self.nc = first
+        self.index = torch.cat(pieces)
+        # where each real step went: its position among the chunked ones
+        self.position = torch.nonzero(self.index < T).squeeze(-1)
+        self.padded = bool(self.nc * L != T)
+
+
 def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
-    """(outputs `[B, T, (H), *dims]`, final states `[B, (H), rows, cols]`)."""
+    """(outputs `[B, T, (H), *dims]`, final states `[B, (H), rows, cols]`; with
+    `bound.cu_seqlens`, `[N, (H), rows, cols]`, one per packed sequence)."""
     rec, b = plan.spec, bound
     L = chunk or plan.chunk
     steps = _Steps(plan, bound)
@@ -108,9 +135,12 @@ def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
     S0 = b.initial_state[plan.state]
     if plan.transposed:  # the plan is of S^T: the spec stores S as [cols, rows]
         S0 = S0.transpose(-1, -2)
-    S0 = torch.broadcast_to(S0, (b.B, *b.batch_heads, Rw, C)).reshape(N, Rw, C)
+    # [sequences, N, Rw, C]: one sequence per batch row, or packed ones in batch 1
+    n_seq = 1 if b.cu_seqlens is None else b.sequences
+    S0 = torch.broadcast_to(S0, (b.sequences, *b.batch_heads, Rw, C)).reshape(n_seq, N, Rw, C)
 
-    d = steps.of(plan.decay, plan.decay.dims).reshape(N, T, -1)  # [N, T, 1 or C]
+    width = math.prod(b.shape_of(plan.decay.dims))  # 1 (a scalar decay) or C
+    d = steps.of(plan.decay, plan.decay.dims).reshape(N, T, width)  # [N, T, 1 or C]
     U = steps.stacked(list(plan.reads), (cols,))  # [N, T, C, R]: x_r = S_{t-1} u_r
     Edir = steps.stacked([w.direction for w in plan.writes], (cols,))  # [N, T, C, M]
     P = steps.stacked([w.inject for w in plan.writes], (rows,))  # [N, T, Rw, M]
@@ -119,12 +149,19 @@ def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
     G = steps.stacked([r.probe for r in probed], (cols,))  # [N, T, C, O]
     R, M, O = U.shape[-1], Edir.shape[-1], G.shape[-1]
 
-    # Pad to whole chunks with identity steps (d = 1, nothing written, nothing read).
-    nc = max(1, -(-T // L))
-    pad = nc * L - T
+    # Cut into whole chunks per sequence, padded with identity steps (d = 1, nothing
+    # written, nothing read); packed sequences get chunks of their own.
+    offsets = b.cu_seqlens if b.cu_seqlens is not None else (0, T)
+    layout = _Layout(T, L, offsets, b.device)
+    nc = layout.nc
+
+    def chunked(x: torch.Tensor, identity: float) -> torch.Tensor:
+        if layout.padded:
+            x = _pad(x, 1, identity).index_select(1, layout.index)
+        return x.reshape(N, nc, L, *x.shape[2:])
+
     d, U, Edir, P, Cw, G = (
-        _pad(x, pad, v).reshape(N, nc, L, *x.shape[2:])
-        for x, v in ((d, 1.0), (U, 0.0), (Edir, 0.0), (P, 0.0), (Cw, 0.0), (G, 0.0))
+        chunked(x, v) for x, v in ((d, 1.0), (U, 0.0), (Edir, 0.0), (P, 0.0), (Cw, 0.0), (G, 0.0))
     )
 
     # ---- every chunk at once: its map, linear in the state S_0 entering it ----
@@ -172,12 +209,16 @@ def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
     F, Theta = bottom[..., :C], bottom[..., C:]
 
     # ---- chunk to chunk: the state entering each chunk ----
+    # each sequence from its own initial state; its final state after its last chunk
     entering = []
-    S = S0
-    for k in range(nc):
-        entering.append(S)
-        S = S @ E[:, k] + F[:, k]
-    final = S.reshape(b.B, *b.batch_heads, Rw, C)
+    finals = []
+    for i, chunks in enumerate(layout.chunks):
+        S = S0[i]
+        for k in chunks:
+            entering.append(S)
+            S = S @ E[:, k] + F[:, k]
+        finals.append(S)
+    final = torch.stack(finals).reshape(b.sequences, *b.batch_heads, Rw, C)
     if plan.transposed:
         final = final.transpose(-1, -2).contiguous()
 
@@ -185,7 +226,9 @@ def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
     if probed:
         Sk = torch.stack(entering, dim=1)  # [N, nc, Rw, C]
         o = (Sk @ Omega + Theta).reshape(N, nc, Rw, L, O).movedim(2, 3)
-        o = o.reshape(N, nc * L, Rw, O)[:, :T]  # [N, T, Rw, O]
+        o = o.reshape(N, nc * L, Rw, O)
+        if layout.padded:  # back to the steps' own order, padding dropped
+            o = o.index_select(1, layout.position)  # [N, T, Rw, O]
         o = o.reshape(b.B, *b.batch_heads, T, Rw, O)
         if b.batch_heads:
             o = o.movedim(2, 1)  # [B, T, H, Rw, O]

@@ -76,6 +76,9 @@ class TritonBackend:
 
         return build_module(plan)
 
+    def takes_packed(self, plan: LoweringPlan) -> bool:
+        return False
+
     def notes(self, plan: LoweringPlan) -> list[str]:
         return []
 

@@ -59,7 +59,7 @@ _BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
 # Keyword arguments of a compiled recurrence's call: inputs and params are passed
 # by name beside them, so they cannot share these names.
-CALL_KEYWORDS = ("initial_state", "output_final_state", "check_nan")
+CALL_KEYWORDS = ("initial_state", "output_final_state", "check_nan", "cu_seqlens")
 
 
 def show(dims: Dims) -> str:
