@@ -39,7 +39,7 @@ from tests.helpers.profiles import SLOW
 
 ROOT = Path(__file__).resolve().parent.parent
 DPLR_ZOO = ("deltanet", "gated_deltanet", "deltaproduct", "rwkv7")
-DIAGONAL_MATRIX_ZOO = ("gla", "retnet", "mamba2")
+DIAGONAL_MATRIX_ZOO = ("gla", "retnet", "mamba2", "mlstm")
 # flash-linear-attention's orientation: S[K, V] with a left update, DPLR as S^T
 DELTA_RULE_KV = """recurrence delta_rule_kv {
   dims K, V
@@ -211,8 +211,17 @@ def test_random_dplr_specs_run_chunkwise_as_the_interpreter(case):
 def test_strategy_is_checked_against_the_forms_the_spec_has():
     with pytest.raises(RecError, match="unknown strategy"):
         recc.compile(ROOT / "specs" / "gla.rec", strategy="fast")
-    with pytest.raises(RecError, match="chunkwise.*takes one state; this spec has C, n"):
-        recc.compile(ROOT / "specs" / "mlstm.rec", strategy="chunkwise")
+    two_matrices = """recurrence two {
+  dims K, V
+  input q[K], k[K], v[V]
+  state A[K, V] = 0
+  state B[K, V] = 0
+  update A = 0.5 * A + outer(k, v)
+  update B = 0.9 * B + outer(k, v)
+  output o = A.T @ q + B.T @ q
+}"""
+    with pytest.raises(RecError, match="chunkwise.*takes one matrix state; this spec has A, B"):
+        recc.compile(two_matrices, strategy="chunkwise")
     with pytest.raises(RecError, match="strategy='scan'.*no scan form"):
         recc.compile(ROOT / "specs" / "gated_deltanet.rec", strategy="scan")
     with pytest.raises(RecError, match="strategy='chunkwise'.*not.*minmax|diagonal-plus"):
@@ -248,8 +257,41 @@ def test_auto_runs_the_scan_below_the_rule_and_chunkwise_from_it(monkeypatch):
 
 
 def test_explain_says_why_a_matrix_state_has_no_chunkwise_form():
-    text = recc.compile(ROOT / "specs" / "mlstm.rec").explain()
+    """mLSTM runs chunkwise (its normaliser n is one more row of C); with n decaying
+    by its own gate it cannot, and explain says why."""
+    source = (ROOT / "specs" / "mlstm.rec").read_text()
+    assert "no chunkwise form" not in recc.compile(source).explain()
+    own_gate = source.replace(
+        "input  q[K], k[K], v[V], ig, fg", "input  q[K], k[K], v[V], ig, fg, ng"
+    )
+    own_gate = own_gate.replace("update n = f * n + i * k", "update n = sigmoid(ng) * n + i * k")
+    text = recc.compile(own_gate).explain()
     assert "the scan at every T; no chunkwise form" in text
+    assert "state n decays by another factor than" in text
+
+
+MLSTM_VARIANTS = {
+    # the readout's pieces anywhere in a function, and a companion written along a
+    # direction of its own
+    "two readouts": (
+        "output h = (C.T @ q) / max(abs(dot(n, q)), 1)",
+        "output h = (C.T @ q) * sigmoid(dot(q, n)) + dot(n, k) * v",
+    ),
+    "own direction": ("update n = f * n + i * k", "update n = f * n + i * k + q"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(MLSTM_VARIANTS))
+@pytest.mark.parametrize("T", [1, 64, 100])
+def test_companion_states_and_functions_of_readouts(variant, T):
+    old, new = MLSTM_VARIANTS[variant]
+    source = (ROOT / "specs" / "mlstm.rec").read_text()
+    assert old in source
+    rec = load(source.replace(old, new))
+    lowering = plan(rec, analyze(rec))
+    assert lowering.chunk is not None and lowering.chunk.companions, lowering.no_chunk_plan
+    for i, regime in enumerate(REGIMES):
+        check(rec, regime, T, heads=(None, 2)[i % 2], L=(16, 64)[i % 2], seed=T + i)
 
 
 def test_bf16_inputs_run_chunkwise_in_fp32():

@@ -132,11 +132,11 @@ def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
     Rw, C = b.sizes[rows], b.sizes[cols]
     n_heads = b.batch_heads[0] if b.batch_heads else 1
     N, T = b.B * n_heads, b.T
+    # [sequences, N, Rw, C]: one sequence per batch row, or packed ones in batch 1
+    n_seq = 1 if b.cu_seqlens is None else b.sequences
     S0 = b.initial_state[plan.state]
     if plan.transposed:  # the plan is of S^T: the spec stores S as [cols, rows]
         S0 = S0.transpose(-1, -2)
-    # [sequences, N, Rw, C]: one sequence per batch row, or packed ones in batch 1
-    n_seq = 1 if b.cu_seqlens is None else b.sequences
     S0 = torch.broadcast_to(S0, (b.sequences, *b.batch_heads, Rw, C)).reshape(n_seq, N, Rw, C)
 
     width = math.prod(b.shape_of(plan.decay.dims))  # 1 (a scalar decay) or C
@@ -144,9 +144,18 @@ def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
     U = steps.stacked(list(plan.reads), (cols,))  # [N, T, C, R]: x_r = S_{t-1} u_r
     Edir = steps.stacked([w.direction for w in plan.writes], (cols,))  # [N, T, C, M]
     P = steps.stacked([w.inject for w in plan.writes], (rows,))  # [N, T, Rw, M]
+    if plan.companions:  # each companion vector state is one more row of S
+        P = torch.cat(
+            [P, *(steps.stacked(list(c.scales), ()).unsqueeze(2) for c in plan.companions)], dim=2
+        )
+        S0 = torch.cat(
+            [S0, *(_rows(b.initial_state[c.state], b, n_seq, N, C) for c in plan.companions)],
+            dim=-2,
+        )
+    Rs = P.shape[2]  # rows of S, companions included
     Cw = steps.scales(plan)  # [N, T, R, M]: y_m = sum_r Cw[r, m] x_r + P[:, m]
-    probed = [r for r in plan.readouts if r.probe is not None]
-    G = steps.stacked([r.probe for r in probed], (cols,))  # [N, T, C, O]
+    probes = [p for r in plan.readouts for p in r.probes]
+    G = steps.stacked([p.probe for p in probes], (cols,))  # [N, T, C, O]
     R, M, O = U.shape[-1], Edir.shape[-1], G.shape[-1]
 
     # Cut into whole chunks per sequence, padded with identity steps (d = 1, nothing
@@ -181,8 +190,8 @@ def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
         ],
         dim=-1,
     )  # [(s, m), C + (t, o)]
-    Pf = P.movedim(-2, -3).reshape(N, nc, Rw, L * M)  # [Rw, (s, m)]
-    # [E | Omega] (top, C rows) and [F | Theta] (bottom, Rw rows): S_L = S_0 E + F and
+    Pf = P.movedim(-2, -3).reshape(N, nc, Rs, L * M)  # [Rs, (s, m)]
+    # [E | Omega] (top, C rows) and [F | Theta] (bottom, Rs rows): S_L = S_0 E + F and
     # o_t = S_0 Omega[:, t] + Theta[:, t]
     Omega0 = (gamma_cur[..., None] * G).movedim(-3, -2).reshape(N, nc, C, L * O)
     top = torch.cat([torch.diag_embed(gamma_end.expand(N, nc, C)), Omega0], dim=-1)
@@ -218,28 +227,42 @@ def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
             entering.append(S)
             S = S @ E[:, k] + F[:, k]
         finals.append(S)
-    final = torch.stack(finals).reshape(b.sequences, *b.batch_heads, Rw, C)
+    ends = torch.stack(finals).reshape(b.sequences, *b.batch_heads, Rs, C)
+    final = ends[..., :Rw, :]
     if plan.transposed:
         final = final.transpose(-1, -2).contiguous()
+    finals_by_name = {plan.state: final}
+    for j, c in enumerate(plan.companions):
+        finals_by_name[c.state] = ends[..., Rw + j, :]
 
-    outputs = {}
-    if probed:
-        Sk = torch.stack(entering, dim=1)  # [N, nc, Rw, C]
-        o = (Sk @ Omega + Theta).reshape(N, nc, Rw, L, O).movedim(2, 3)
-        o = o.reshape(N, nc * L, Rw, O)
+    # every probe's value, [B, T, (H), Rw] (of S) or [B, T, (H)] (of a companion)
+    values = {}
+    if probes:
+        Sk = torch.stack(entering, dim=1)  # [N, nc, Rs, C]
+        o = (Sk @ Omega + Theta).reshape(N, nc, Rs, L, O).movedim(2, 3)
+        o = o.reshape(N, nc * L, Rs, O)
         if layout.padded:  # back to the steps' own order, padding dropped
-            o = o.index_select(1, layout.position)  # [N, T, Rw, O]
-        o = o.reshape(b.B, *b.batch_heads, T, Rw, O)
+            o = o.index_select(1, layout.position)  # [N, T, Rs, O]
+        o = o.reshape(b.B, *b.batch_heads, T, Rs, O)
         if b.batch_heads:
-            o = o.movedim(2, 1)  # [B, T, H, Rw, O]
-        for i, r in enumerate(probed):
-            outputs[r.name] = o[..., i]
+            o = o.movedim(2, 1)  # [B, T, H, Rs, O]
+        companion_row = {c.state: Rw + j for j, c in enumerate(plan.companions)}
+        for i, p in enumerate(probes):
+            row = companion_row.get(p.companion)
+            values[p.name] = o[..., :Rw, i] if row is None else o[..., row, i]
+    outputs = {}
+    env = {**steps.env, **values}
     for r in plan.readouts:
-        value = outputs.get(r.name)
         dims = next(o.expr.dims for o in rec.outputs if o.name == r.name)
-        if r.rest is not None:
-            rest = align(evaluate(r.rest, steps.env, steps.ops), r.rest.dims, dims)
-            value = rest if value is None else value + rest
         shape = (b.B, T, *b.batch_heads, *b.shape_of(dims))
+        if r.expr is None:  # an output that is 0
+            value = torch.zeros(shape, dtype=b.compute_dtype, device=b.device)
+        else:
+            value = align(evaluate(r.expr, env, steps.ops), r.expr.dims, dims)
         outputs[r.name] = torch.broadcast_to(value, shape).to(b.out_dtype)
-    return outputs, {plan.state: final}
+    return outputs, finals_by_name
+
+
+def _rows(n0: torch.Tensor, b: Bound, n_seq: int, N: int, C: int) -> torch.Tensor:
+    """A companion's initial state `[sequences, (H), C]` as one row, `[n_seq, N, 1, C]`."""
+    return torch.broadcast_to(n0, (b.sequences, *b.batch_heads, C)).reshape(n_seq, N, 1, C)

@@ -6,7 +6,10 @@ analysis once, in the terms the chunkwise algorithm works in
 
   S_t = S_{t-1} diag(d_t) + sum_m y_{t,m} e_{t,m}^T,   S[rows, cols]
   y_{t,m} = sum_r c_{t,r,m} x_{t,r} + a_{t,m},  x_{t,r} = S_{t-1} u_{t,r}
-  o_t = S_t p_t + rest_t                                  (every output)
+  o_t = f(S_t p_{t,1}, ..., n_t . p_{t,j}, ...)            (every output)
+
+with f state-free (most often `S_t p_t + rest_t`), and vector states n that move
+as more rows of S (companions: mLSTM's normaliser beside C).
 
 which is the form S_t = S_{t-1} (diag(d_t) + sum_r u_r w_r^T) + sum_j a_j b_j^T
 with its rank-1 terms grouped by direction: every w_r and b_j is a scalar times
@@ -27,8 +30,8 @@ from recc.analysis.dplr import direction_of, dplr_form, factor, linear_readout, 
 from recc.analysis.forms import Analysis, DiagonalForm, DplrForm
 from recc.analysis.normalise import normalise
 from recc.analysis.orientation import transposed
-from recc.analysis.rewrite import NotCanonical, make, state_dependent_lets
-from recc.ir.nodes import Const, Definition, Expr, Recurrence
+from recc.analysis.rewrite import NotCanonical, make, mentions, state_dependent_lets
+from recc.ir.nodes import LET, Apply, Const, Definition, Expr, Recurrence, Ref
 
 # Steps per chunk. The torch path measured fastest at 64 here (benchmarks/chunkwise.py);
 # any length is exact.
@@ -47,12 +50,36 @@ class Write:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A linear readout of the new states: S_t @ probe (over the rows), or with
+    `companion`, that vector state's n_t . probe (a scalar). `probe` is over cols."""
+
+    name: str  # what the output's expression calls its value
+    probe: Expr
+    companion: str | None = None
+
+
+@dataclass(frozen=True)
 class Readout:
-    """output `name` = S_t @ probe + rest (either absent: None)."""
+    """output `name` = expr, a state-free expression of the step's inputs, params and
+    state-free lets and of the probes' values (Refs to their names): `S @ q` is one
+    probe; mLSTM's `(C.T @ q) / max(abs(dot(n, q)), 1)` two, with a function of them.
+    `expr` None: the output is 0."""
 
     name: str
-    probe: Expr | None
-    rest: Expr | None
+    probes: tuple[Probe, ...]
+    expr: Expr | None
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A vector state over cols that moves as one more row of S: the same decay, and
+    writes along S's directions, n_t = n_{t-1} diag(d_t) + sum_m z_{t,m} e_{t,m}^T
+    (mLSTM's normaliser n beside C). `scales[m]`: z_m, or None where write m does not
+    reach it. Only with rank 0 (no reads of the state)."""
+
+    state: str
+    scales: tuple[Expr | None, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +96,7 @@ class ChunkPlan:
     state_free_lets: tuple[Definition, ...]
     transposed: bool = False  # rows, cols are those of the spec's S^T (S stored [cols, rows])
     chunk: int = CHUNK
+    companions: tuple[Companion, ...] = ()  # vector states run as more rows of S
 
     @property
     def rank(self) -> int:
@@ -93,9 +121,9 @@ def chunk_plan(rec: Recurrence, analysis: Analysis) -> ChunkPlan | str:
             "the chunkwise algorithm takes matrix states of diagonal-plus-low-rank "
             f"or diagonal forms, not {analysis.kind} ones"
         )
-    if len(rec.states) != 1:
-        names = ", ".join(s.name for s in rec.states)
-        return f"the chunkwise algorithm takes one state; this spec has {names}"
+    if len(matrix) != 1:
+        names = ", ".join(s.name for s in matrix)
+        return f"the chunkwise algorithm takes one matrix state; this spec has {names}"
     state = matrix[0].name
     why = []
     for flip in (False, True):
@@ -117,6 +145,10 @@ def _plan(spec: Recurrence, rec: Recurrence, analysis: Analysis, form: DplrForm)
     is of (the spec itself, or for S^T)."""
     s = rec.state(form.state)
     rows, cols = s.dims
+    others = [o for o in rec.states if o.name != form.state]
+    if others and (form.terms or not isinstance(analysis.form, DiagonalForm)):
+        names = ", ".join(o.name for o in rec.states)
+        return f"the chunkwise algorithm takes one state beside rank-0 companions; this has {names}"
     dependent = state_dependent_lets(rec, {form.state})
     free_lets = tuple(let for let in rec.lets if let.name not in dependent)
     lets = {let.name: let.expr for let in free_lets}
@@ -137,14 +169,23 @@ def _plan(spec: Recurrence, rec: Recurrence, analysis: Analysis, form: DplrForm)
         reads, total = write(direction)
         a = a if scale is None else make("mul", a, scale)
         writes[direction] = (reads, a if total is None else make("add", total, a))
+    companions = []
+    for other in others:
+        found = _companion(analysis.form, other.name, other.dims, cols, form, writes, lets)
+        if isinstance(found, str):
+            return found
+        companions.append(found)
     readouts = []
     for out in rec.outputs:
+        split = _Readouts(rec, form.state, {c.state for c in companions}, lets, out.name)
         try:
-            probe, rest = linear_readout(rec, form.state, out.expr)
-            probe = None if probe is None else factor(probe, lets)
+            expr = split.of(out.expr)
         except NotCanonical as err:
-            return f"output {out.name} is not {form.state} @ p + (state-free): {err}"
-        readouts.append(Readout(out.name, probe, rest))
+            return (
+                f"output {out.name} is not a state-free function of linear readouts "
+                f"({form.state} @ p, dot(n, p)): {err}"
+            )
+        readouts.append(Readout(out.name, tuple(split.probes), expr))
     return ChunkPlan(
         spec=spec,
         analysis=analysis,
@@ -157,4 +198,97 @@ def _plan(spec: Recurrence, rec: Recurrence, analysis: Analysis, form: DplrForm)
         readouts=tuple(readouts),
         state_free_lets=free_lets,
         transposed=form.transposed,
+        companions=tuple(
+            replace(c, scales=tuple(dict(c.scales).get(e) for e in writes)) for c in companions
+        ),
     )
+
+
+def _terms(expr: Expr) -> list[Expr]:
+    """The additive terms of `expr` (through add, sub and neg)."""
+    if isinstance(expr, Apply) and expr.op == "add":
+        return _terms(expr.args[0]) + _terms(expr.args[1])
+    if isinstance(expr, Apply) and expr.op == "sub":
+        return _terms(expr.args[0]) + [make("neg", t) for t in _terms(expr.args[1])]
+    if isinstance(expr, Apply) and expr.op == "neg":
+        return [make("neg", t) for t in _terms(expr.args[0])]
+    return [expr]
+
+
+def _companion(diagonal, name, dims, cols, form, writes, lets):
+    """State `name` as a companion of the matrix state (`Companion`; its scales here
+    by direction, ordered by the plan), or why it is not one. New directions become
+    writes with nothing for S's rows."""
+    block = next((b for b in diagonal.blocks if b.states == (name,)), None)
+    if dims != (cols,) or block is None:
+        return (
+            f"state {name} is not a vector over {cols} updated on its own, so it cannot "
+            f"run as a row of {form.state}"
+        )
+    decay, inject = block.coupling[0][0], block.inject[0]
+    if decay != form.decay:
+        return f"state {name} decays by another factor than {form.state}"
+    scales: dict[Expr, Expr] = {}
+    for term in _terms(inject) if inject is not None else []:
+        direction, scale = direction_of(factor(term, lets))
+        scale = scale if scale is not None else Const((), 1.0)
+        writes.setdefault(direction, ([], None))
+        scales[direction] = (
+            scale if direction not in scales else make("add", scales[direction], scale)
+        )
+    return Companion(name, tuple(scales.items()))
+
+
+class _Readouts:
+    """An output as a state-free expression of probes: each largest subexpression that
+    is linear in the matrix state (`S @ p + rest`) or a companion's `dot(n, p)`
+    becomes a Ref to a new probe; what remains must not read a state."""
+
+    def __init__(self, rec, state: str, companions: set[str], lets, output: str) -> None:
+        self.rec, self.state, self.companions, self.lets = rec, state, companions, lets
+        self.output = output
+        dependent = state_dependent_lets(rec, {state, *companions})
+        self.stateful = {state, *companions, *dependent}
+        self.probes: list[Probe] = []
+
+    def _probe(self, probe: Expr, companion: str | None, dims) -> Expr:
+        name = f"_{self.output}_probe{len(self.probes)}"
+        self.probes.append(Probe(name, factor(probe, self.lets), companion))
+        return Ref(dims, name, LET)
+
+    def of(self, expr: Expr) -> Expr | None:
+        if not mentions(expr, self.stateful):
+            return expr
+        if not mentions(expr, self.stateful - {self.state}):  # reads S alone
+            try:
+                probe, rest = linear_readout(self.rec, self.state, expr)
+            except NotCanonical:
+                probe = rest = None
+                if not isinstance(expr, Apply):
+                    raise
+            else:
+                if probe is None:
+                    return rest
+                value = self._probe(probe, None, expr.dims)
+                return value if rest is None else make("add", value, rest)
+        dot = self._dot(expr)
+        if dot is not None:
+            return dot
+        if not isinstance(expr, Apply):
+            raise NotCanonical(f"it reads '{getattr(expr, 'name', expr)}' other than linearly")
+        args = [self.of(a) for a in expr.args]
+        if any(a is None for a in args):  # an absent (zero) readout inside a function
+            args = [Const(a0.dims, 0.0) if a is None else a for a, a0 in zip(args, expr.args)]
+        return Apply(expr.dims, expr.op, tuple(args))
+
+    def _dot(self, expr: Expr) -> Expr | None:
+        """`dot(n, p)` or `dot(p, n)` of a companion n and a state-free p, as a probe."""
+        if not (isinstance(expr, Apply) and expr.op == "dot"):
+            return None
+        a, b = expr.args
+        for n, p in ((a, b), (b, a)):
+            if isinstance(n, Ref) and n.name in self.companions:
+                if mentions(p, self.stateful):
+                    return None
+                return self._probe(p, n.name, ())
+        return None
