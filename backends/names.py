@@ -88,3 +88,10 @@ def docstring_text(text: str) -> str:
 def comment_text(text: str) -> str:
     """`text` safe after '#': one line, control characters spelled out."""
     return "".join(c if ord(c) >= 32 and ord(c) != 127 else f"\\x{ord(c):02x}" for c in text)
+
+
+def cite(rec, span) -> str:
+    """`spec line N: <the line>`, for comments in generated code citing the spec."""
+    if span is None:
+        return "(no source line)"
+    return comment_text(f"spec line {span.line}: {rec.line(span)}")

@@ -52,7 +52,7 @@ class CompiledRecurrence:
         self.spec = spec
         self.analysis: Analysis = analyze(spec)
         self.plan: LoweringPlan = plan(spec, self.analysis, strategy)
-        _check_strategy(spec, self.plan, strategy)
+        check_strategy(spec, self.plan, strategy)
         self.backend = backend
         self.options = Options(torch_compile=torch_compile)
         self._executors: dict[str, Executor] = {}  # prepared on first use
@@ -136,7 +136,7 @@ class CompiledRecurrence:
         return f"<recc {self.spec.name}: {self.analysis.kind}, backend={self.backend}>"
 
 
-def _check_strategy(spec: Recurrence, lowering: LoweringPlan, strategy: str) -> None:
+def check_strategy(spec: Recurrence, lowering: LoweringPlan, strategy: str) -> None:
     """A strategy the spec has no form for is an error, with the reason."""
     if strategy == CHUNKWISE and lowering.chunk is None:
         why = lowering.no_chunk_plan or f"the {lowering.kind} class runs {lowering.algorithm}"

@@ -20,10 +20,11 @@ from pathlib import Path
 import click
 
 from recc.analysis import analyze
+from recc.api import check_strategy
 from recc.backends.registry import NAMES, REFERENCE, REGISTRY, verdicts
 from recc.errors import RecError
 from recc.ir import load
-from recc.lowering import LoweringPlan, plan
+from recc.lowering import STRATEGIES, LoweringPlan, plan
 from recc.report import explain as explain_text
 from recc.testing.regimes import LENGTHS, REGIMES
 from recc.verify import TOLERANCE, check
@@ -67,13 +68,22 @@ def main() -> None:
     show_default=True,
     help="Compile the Triton kernels ahead of time (sm_90) and report registers.",
 )
-def explain(paths: tuple[str, ...], registers: bool) -> None:
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default="auto",
+    show_default=True,
+    help="The form to explain, as recc.compile(..., strategy=) takes it.",
+)
+def explain(paths: tuple[str, ...], registers: bool, strategy: str) -> None:
     """Simplified transition, class, canonical form, Jacobian and lowering."""
     status = 0
     for path in _spec_paths(paths):
         try:
             rec = load(path)
-            click.echo(explain_text(plan(rec, analyze(rec)), registers=registers))
+            lowering = plan(rec, analyze(rec), strategy)
+            check_strategy(rec, lowering, strategy)
+            click.echo(explain_text(lowering, registers=registers))
             click.echo()
         except RecError as err:
             click.echo(str(err), err=True)

@@ -226,10 +226,13 @@ def test_strategy_is_checked_against_the_forms_the_spec_has():
         recc.compile(ROOT / "specs" / "gated_deltanet.rec", strategy="scan")
     with pytest.raises(RecError, match="strategy='chunkwise'.*not.*minmax|diagonal-plus"):
         recc.compile(ROOT / "specs" / "maxplus.rec", strategy="chunkwise")
-    # forced chunkwise is a plan Triton declines, so auto runs torch on every device
+    # forced chunkwise: Triton's chunkwise kernels on CUDA (rank 0), torch elsewhere
     fn = recc.compile(ROOT / "specs" / "gla.rec", strategy="chunkwise")
     assert fn.plan.algorithm == "chunkwise" and fn.plan.scan is None
-    assert fn.backend_for(torch.device("cuda")) == "torch"
+    assert fn.backend_for(torch.device("cuda")) == "triton"
+    assert fn.backend_for(torch.device("cpu")) == "torch"
+    dplr = recc.compile(ROOT / "specs" / "gated_deltanet.rec")
+    assert dplr.backend_for(torch.device("cuda")) == "torch"  # rank 1: no kernels yet
 
 
 def test_auto_runs_the_scan_below_the_rule_and_chunkwise_from_it(monkeypatch):

@@ -20,6 +20,21 @@ def test_explain_prints_class_form_and_lowering():
     assert "backward" in result.output and "registers/thread, spills 0+0 B" in result.output
 
 
+def test_explain_takes_a_strategy():
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["explain", "--no-registers", "--strategy", "chunkwise", str(SPECS / "gla.rec")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "lowering: chunkwise algorithm" in result.output
+    assert "chunkwise kernels run the forward" in result.output
+    result = runner.invoke(
+        main, ["explain", "--strategy", "scan", str(SPECS / "gated_deltanet.rec")]
+    )
+    assert result.exit_code == 2
+    assert "strategy='scan' cannot run 'gated_deltanet'" in result.output
+
+
 def test_check_directory_prints_a_table_and_passes():
     result = CliRunner().invoke(main, ["check", str(SPECS), "--backend", "torch"])
     assert result.exit_code == 0, result.output

@@ -1,9 +1,10 @@
 """Golden files of generated code: every change to what recc prints is seen in review.
 
-`tests/golden/<spec>.triton.py.expected` holds the Triton kernel module of each
-zoo spec that has one; `tests/golden/<spec>.build.py.expected` the `recc build`
-module of a few. A test fails on any difference and prints it; after reading
-the diff, accept the new text with
+`tests/golden/<spec>.triton.py.expected` holds the Triton scan kernel module of each
+zoo spec that has one, `<spec>.chunk.py.expected` its chunkwise kernel module, and
+`tests/golden/<spec>.build.py.expected` the `recc build` module of a few. A test
+fails on any difference and prints it; after reading the diff, accept the new
+text with
 
     RECC_ACCEPT_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py
 
@@ -51,6 +52,20 @@ def _kernel_source(path: Path) -> str | None:
         return None
 
 
+def _chunk_source(path: Path) -> str | None:
+    from recc.backends.triton.chunk_codegen import Unsupported as NoChunkKernel
+    from recc.backends.triton.chunk_codegen import generate_chunk_module
+
+    rec, analysis = _load(path)
+    chunk = plan(rec, analysis).chunk
+    if chunk is None:
+        return None
+    try:
+        return generate_chunk_module(chunk)[0]
+    except NoChunkKernel:
+        return None
+
+
 def _check(name: str, text: str) -> None:
     target = GOLDEN / name
     if ACCEPT:
@@ -86,6 +101,16 @@ def test_triton_kernels_match_their_golden_file(path: Path) -> None:
     _check(name, source)
 
 
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_chunkwise_kernels_match_their_golden_file(path: Path) -> None:
+    source = _chunk_source(path)
+    name = f"{path.stem}.chunk.py.expected"
+    if source is None:
+        assert not (GOLDEN / name).exists(), f"{name} is stale: the spec has no kernel now"
+        return
+    _check(name, source)
+
+
 @pytest.mark.parametrize("stem", BUILT)
 def test_built_modules_match_their_golden_file(stem: str) -> None:
     rec, analysis = _load(ROOT / "specs" / f"{stem}.rec")
@@ -94,6 +119,7 @@ def test_built_modules_match_their_golden_file(stem: str) -> None:
 
 def test_every_golden_file_belongs_to_a_test() -> None:
     wanted = {f"{p.stem}.triton.py.expected" for p in SPECS if _kernel_source(p) is not None}
+    wanted |= {f"{p.stem}.chunk.py.expected" for p in SPECS if _chunk_source(p) is not None}
     wanted |= {f"{stem}.build.py.expected" for stem in BUILT}
     present = {p.name for p in GOLDEN.glob("*.expected")}
     assert present == wanted, (

@@ -17,7 +17,7 @@ import torch
 
 from recc.backends.protocol import Call, Options
 from recc.backends.triton.runtime import interpreted
-from recc.lowering import SCAN, LoweringPlan
+from recc.lowering import CHUNKWISE, SCAN, LoweringPlan
 
 _NO_DEVICE = (
     "needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before triton is "
@@ -27,7 +27,10 @@ _NO_DEVICE = (
 
 class TritonBackend:
     name = "triton"
-    summary = "generated Triton scan kernels, forward and backward, CUDA tensors"
+    summary = (
+        "generated Triton kernels, CUDA tensors: the scan (forward and backward), "
+        "chunkwise (forward)"
+    )
     builds = True
 
     def __init__(self) -> None:
@@ -37,7 +40,7 @@ class TritonBackend:
     def supports(
         self, plan: LoweringPlan, device: torch.device | None = None, auto: bool = False
     ) -> str | None:
-        if plan.algorithm != SCAN:
+        if plan.algorithm not in (SCAN, CHUNKWISE):
             return f"no Triton kernel for the {plan.algorithm} algorithm yet ({plan.kind} class)"
         if device is not None:
             if device.type == "cpu" and auto:
@@ -48,7 +51,16 @@ class TritonBackend:
         return kernel if isinstance(kernel, str) else None
 
     def _kernel(self, plan: LoweringPlan) -> Any:
-        """The plan's ScanKernel, or the generator's reason it has none."""
+        """The plan's ScanKernel (ChunkKernel for a chunkwise plan), or the generator's
+        reason it has none."""
+        if plan not in self._kernels and plan.algorithm == CHUNKWISE:
+            from recc.backends.triton.chunk_codegen import Unsupported
+            from recc.backends.triton.chunk_launch import ChunkKernel
+
+            try:
+                self._kernels[plan] = ChunkKernel(plan.chunk)
+            except Unsupported as err:
+                self._kernels[plan] = f"no chunkwise kernel: {err}"
         if plan not in self._kernels:
             from recc.backends.triton.launch import ScanKernel
             from recc.backends.triton.scan_codegen import Unsupported
@@ -64,6 +76,8 @@ class TritonBackend:
 
         kernel = self._kernel(plan)
         assert not isinstance(kernel, str), kernel
+        if plan.algorithm == CHUNKWISE:
+            return _chunkwise_executor(plan, kernel)
         facts = plan.scan
 
         def run(call: Call):
@@ -80,6 +94,16 @@ class TritonBackend:
         return False
 
     def notes(self, plan: LoweringPlan) -> list[str]:
+        if plan.algorithm == CHUNKWISE:
+            return [
+                "chunkwise kernels run the forward; a call that needs gradients runs the "
+                "torch chunkwise path (the kernels' backward is not generated yet)"
+            ]
+        if plan.chunk is not None:
+            return [
+                "the scan kernel at every T; strategy='chunkwise' runs the chunkwise "
+                "kernels (their rule by T awaits GPU timings)"
+            ]
         return []
 
     def details(self, plan: LoweringPlan, arch: int = 90) -> list[str]:
@@ -87,6 +111,8 @@ class TritonBackend:
         kernel = self._kernel(plan)
         if isinstance(kernel, str):
             return []
+        if plan.algorithm == CHUNKWISE:
+            return _chunk_details(kernel, arch)
         from recc.backends.triton.aot import compile_reports
         from recc.backends.triton.launch import compile_jobs
 
@@ -99,6 +125,34 @@ class TritonBackend:
                 f"{r.spill_store_bytes}+{r.spill_load_bytes} B, shared {r.shared_mem_bytes} B"
             )
         return lines
+
+
+def _chunkwise_executor(plan: LoweringPlan, kernel):
+    """The chunkwise kernels for calls without gradients; the torch chunkwise path for
+    calls that need them (its autograd), until the kernels' backward is generated."""
+    from recc.backends.torch.chunkwise import run_chunkwise
+
+    def run(call: Call):
+        b = call.bound
+        leaves = [*b.inputs.values(), *b.params.values(), *b.initial_state.values()]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in leaves):
+            return run_chunkwise(plan.chunk, b)
+        return kernel(b)
+
+    return run
+
+
+def _chunk_details(kernel, arch: int) -> list[str]:
+    from recc.backends.triton.aot import compile_reports
+    from recc.backends.triton.chunk_launch import compile_jobs
+
+    lines = [f"Triton chunkwise kernels, sm_{arch}, K = V = 64 tiles (compiled ahead of time):"]
+    for r in compile_reports(compile_jobs(kernel, arch)):
+        lines.append(
+            f"  {r.name:22} {r.registers:3d} registers/thread, spills "
+            f"{r.spill_store_bytes}+{r.spill_load_bytes} B, shared {r.shared_mem_bytes} B"
+        )
+    return lines
 
 
 TRITON = TritonBackend()

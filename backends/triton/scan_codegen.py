@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recc.backends.names import Namespace, comment_text, docstring_text
+from recc.backends.names import Namespace, cite, docstring_text
 from recc.backends.triton.tile import (
     HELPERS,
     TIME,
@@ -278,11 +278,7 @@ def plan_scan_kernel(facts: ScanPlan) -> ScanKernelPlan:
     )
 
 
-def _cite(rec: Recurrence, span) -> str:
-    """`spec line N: <the line>`, for comments in generated code."""
-    if span is None:
-        return "(no source line)"
-    return comment_text(f"spec line {span.line}: {rec.line(span)}")
+_cite = cite
 
 
 # ---- structure of a block: which slots of its maps can be non-zero -----------

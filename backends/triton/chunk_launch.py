@@ -1,0 +1,141 @@
+"""Load a plan's generated chunkwise kernels and launch them (forward).
+
+Stage: backend (triton), runtime side. Lays a bound call out as the kernels read it
+(every input `[B, T, H, *dims]` contiguous in the compute dtype, H = 1 without
+heads; params `[H, *dims]`; the state in the plan's orientation `[B*H, rows, cols]`),
+launches `chunk_states` then `chunk_outputs` (backends/triton/chunk_codegen.py) and
+returns outputs and final states as the torch path does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recc.backends.triton.cache import load_module
+from recc.backends.triton.chunk_codegen import BLOCK_T, generate_chunk_module
+from recc.backends.triton.tile import TIME
+from recc.lowering import ChunkPlan
+from recc.signature import Bound
+
+# Rows of the state per program (the state tile is [rows, cols] in registers), and
+# warps per program: at 64 x 64 (K = V = 64) 8 warps compile for sm_80 and sm_90 with
+# no spills (4 warps spill in chunk_states; `compile_jobs` reports it).
+MAX_BLOCK_ROWS = 64
+NUM_WARPS = 8
+
+
+def _pow2(n: int, least: int = 16) -> int:
+    return max(least, 1 << (max(n, 1) - 1).bit_length())
+
+
+class ChunkKernel:
+    """A plan's generated chunkwise kernels (Unsupported if it has none)."""
+
+    def __init__(self, plan: ChunkPlan) -> None:
+        self.plan = plan
+        self.source, self.kernel_plan = generate_chunk_module(plan)
+        self.module = load_module(self.source, stem=f"{plan.spec.name}_chunk")
+
+    def blocks(self, bound: Bound) -> dict[str, int]:
+        p, kp = self.plan, self.kernel_plan
+        R, C = bound.sizes[p.rows], bound.sizes[p.cols]
+        return {
+            kp.blocks[TIME]: BLOCK_T,
+            kp.blocks[p.rows]: min(MAX_BLOCK_ROWS, _pow2(R)),
+            kp.blocks[p.cols]: _pow2(C),
+        }
+
+    def __call__(self, bound: Bound, chunk: int | None = None):
+        import triton
+        import triton.language as tl
+
+        p, b = self.plan, bound
+        L = chunk or p.chunk
+        assert L % BLOCK_T == 0, L
+        nsub = L // BLOCK_T
+        H = b.H or 1
+        N, T = b.B * H, b.T
+        R, C = b.sizes[p.rows], b.sizes[p.cols]
+        dtype, device = b.compute_dtype, b.device
+        nc = max(1, triton.cdiv(T, L))
+
+        def laid_out(x: torch.Tensor) -> torch.Tensor:  # [B, T, (H), *dims] -> [B, T, H, ...]
+            return (x if b.H is not None else x.unsqueeze(2)).to(dtype).contiguous()
+
+        inputs = [laid_out(b.inputs[n]) for n in self.kernel_plan.inputs]
+        params = [self._param(b, n, H, dtype) for n in self.kernel_plan.params]
+        S0 = b.initial_state[p.state]
+        if p.transposed:
+            S0 = S0.transpose(-1, -2)
+        S0 = torch.broadcast_to(S0, (b.B, *b.batch_heads, R, C)).reshape(N, R, C)
+        S0 = S0.to(dtype).contiguous()
+        entering = torch.empty((N, nc, R, C), dtype=dtype, device=device)
+        final = torch.empty((N, R, C), dtype=dtype, device=device)
+        outputs = {
+            n: torch.empty((b.B, T, H, R), dtype=dtype, device=device)
+            for n in self.kernel_plan.outputs
+        }
+        blocks = self.blocks(b)
+        consts = dict(
+            NSUB=nsub, DTYPE=tl.float64 if dtype == torch.float64 else tl.float32, **blocks
+        )
+        rows_blocks = triton.cdiv(R, blocks[self.kernel_plan.blocks[p.rows]])
+        sizes = (T, H, R, C, nc)
+        self.module.chunk_states[(N, rows_blocks)](
+            *inputs, *params, S0, entering, final, *sizes, **consts
+        )
+        if T > 0:
+            grid = (N, triton.cdiv(T, BLOCK_T), rows_blocks)
+            self.module.chunk_outputs[grid](
+                *inputs, *params, entering, *outputs.values(), *sizes, **consts
+            )
+        finals = final.reshape(b.B, *b.batch_heads, R, C)
+        if p.transposed:
+            finals = finals.transpose(-1, -2).contiguous()
+        result = {}
+        for n, o in outputs.items():
+            o = o if b.H is not None else o[:, :, 0]
+            result[n] = o.to(b.out_dtype)
+        return result, {p.state: finals}
+
+    def _param(self, b: Bound, name: str, H: int, dtype) -> torch.Tensor:
+        """A param (or a dim read as a value) as `[H, *dims]`, contiguous."""
+        x = b.params[name]
+        dims = next((q.dims for q in self.plan.spec.params if q.name == name), ())
+        if x.dim() == len(dims):  # one for every head
+            x = x.unsqueeze(0).expand(H, *x.shape)
+        return x.to(dtype).contiguous()
+
+
+# Shapes the ahead-of-time check compiles at: a typical head (K = V = 64, Mamba2's
+# N = 64 and P = 64).
+REPORT_SIZE = 64
+
+
+def compile_jobs(kernel: ChunkKernel, arch: int, size: int = REPORT_SIZE, chunk: int = 64):
+    """`recc.backends.triton.aot.CompileJob`s of both kernels at default tiles."""
+    import inspect
+
+    import triton.language as tl
+
+    from recc.backends.triton.aot import CompileJob
+
+    p, kp = kernel.plan, kernel.kernel_plan
+    blocks = {
+        kp.blocks[TIME]: BLOCK_T,
+        kp.blocks[p.rows]: min(MAX_BLOCK_ROWS, _pow2(size)),
+        kp.blocks[p.cols]: _pow2(size),
+    }
+    jobs = []
+    for fn in (kernel.module.chunk_states, kernel.module.chunk_outputs):
+        signature = {}
+        for name, param in inspect.signature(fn.fn).parameters.items():
+            if "constexpr" not in str(param.annotation):
+                signature[name] = "*fp32" if name.endswith("_ptr") else "i32"
+        constexprs = {**blocks, "NSUB": chunk // BLOCK_T, "DTYPE": tl.float32}
+        jobs.append(
+            CompileJob(
+                fn, signature, constexprs, arch=arch, num_warps=NUM_WARPS, enable_fp_fusion=True
+            )
+        )
+    return jobs

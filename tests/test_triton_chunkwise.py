@@ -1,0 +1,165 @@
+"""The generated Triton chunkwise kernels (backends/triton/chunk_codegen.py), rank 0.
+
+Under TRITON_INTERPRET=1 on CPU tensors, fp64, against the interpreter
+(recc.testing.agree, 1e-10 relative to the largest magnitude): GLA, RetNet and Mamba2
+at T in {1, 15, 64, 100, 130}, chunks of 16 and 64, with and without heads, in the
+regimes of recc.testing.regimes (tiny dims of 2-4, so padded lanes are exercised), and
+at K, V in {16, 32}. The kernels compile ahead of time for sm_80 and sm_90 without
+spills. Forward only: a call that needs gradients runs the torch chunkwise path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import recc
+from recc.analysis import analyze
+from recc.errors import RecError
+from recc.ir import load
+from recc.lowering import plan
+from recc.signature import bind
+from recc.testing.agree import disagreements
+from recc.testing.regimes import INTEGERS, regimes_for
+
+if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):  # pragma: no cover - conftest sets it
+    pytest.skip("Triton kernels need TRITON_INTERPRET=1 here (no GPU)", allow_module_level=True)
+
+from recc.backends.triton.aot import compile_reports  # noqa: E402
+from recc.backends.triton.chunk_launch import ChunkKernel, compile_jobs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RANK_ZERO_ZOO = ("gla", "retnet", "mamba2")
+REGIMES = tuple(r for r in regimes_for("diagonal") if r is not INTEGERS)
+_KERNELS: dict[str, tuple] = {}
+
+
+def _kernel(name: str):
+    if name not in _KERNELS:
+        rec = load(ROOT / "specs" / f"{name}.rec")
+        a = analyze(rec)
+        _KERNELS[name] = (rec, a, ChunkKernel(plan(rec, a).chunk))
+    return _KERNELS[name]
+
+
+def _executor(rec, kernel, L):
+    def run(tensors, init):
+        with torch.no_grad():
+            return kernel(bind(rec, tensors, init, check_nan=False), chunk=L)
+
+    return run
+
+
+@pytest.mark.parametrize("name", RANK_ZERO_ZOO)
+@pytest.mark.parametrize("T", [1, 15, 64, 100, 130])
+def test_zoo_specs_run_as_the_interpreter(name, T):
+    """Three regimes at each T, in turn (the interpreter is slow): every regime is
+    run at several lengths, each with both chunk sizes somewhere."""
+    rec, a, kernel = _kernel(name)
+    turn = [1, 15, 64, 100, 130].index(T)
+    for i in range(turn, turn + 3):
+        regime = REGIMES[i % len(REGIMES)]
+        L = (16, 64)[i % 2]
+        tensors, init = regime.call(rec, T, seed=T + i, heads=(None, 2)[(i + T) % 2])
+        found = disagreements(
+            rec,
+            a,
+            _executor(rec, kernel, L),
+            tensors,
+            init,
+            T + i,
+            None,
+            regime.overflows,
+            gradients=False,
+        )
+        assert not found, f"{name} [{regime.name}, T={T}, L={L}]: " + "; ".join(map(str, found))
+
+
+@pytest.mark.parametrize(("K", "V"), [(16, 32), (32, 16)])
+def test_gla_at_head_dims_of_16_and_32(K, V):
+    rec, a, kernel = _kernel("gla")
+    g = torch.Generator().manual_seed(K)
+    B, T, H = 1, 100, 2
+    tensors = {
+        "q": torch.randn(B, T, H, K, generator=g, dtype=torch.float64),
+        "k": torch.randn(B, T, H, K, generator=g, dtype=torch.float64) * K**-0.5,
+        "v": torch.randn(B, T, H, V, generator=g, dtype=torch.float64),
+        "gk": torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, generator=g)).double(),
+    }
+    init = {"S": torch.randn(B, H, K, V, generator=g, dtype=torch.float64)}
+    for L in (16, 64):
+        found = disagreements(rec, a, _executor(rec, kernel, L), tensors, init, gradients=False)
+        assert not found, f"K={K} V={V} L={L}: " + "; ".join(map(str, found))
+
+
+def test_decays_of_zero_and_runs_that_underflow_stay_exact():
+    """Log gates scaled by 10 (decays ~e^-10 a step: products underflow) and gates of
+    exactly 0, the failures of log-space kernels (0/0, inf * 0)."""
+    rec, a, kernel = _kernel("gla")
+    g = torch.Generator().manual_seed(3)
+    B, T, H, K, V = 1, 80, 1, 4, 3
+    gk = torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, generator=g)).double() * 10
+    gk[:, 20:30] = -torch.inf  # decay exactly 0
+    tensors = {
+        "q": torch.randn(B, T, H, K, generator=g, dtype=torch.float64),
+        "k": torch.randn(B, T, H, K, generator=g, dtype=torch.float64),
+        "v": torch.randn(B, T, H, V, generator=g, dtype=torch.float64),
+        "gk": gk,
+    }
+    init = {"S": torch.randn(B, H, K, V, generator=g, dtype=torch.float64)}
+    found = disagreements(
+        rec, a, _executor(rec, kernel, 64), tensors, init, gradients=False, finite=True
+    )
+    assert not found, "; ".join(map(str, found))
+
+
+def test_the_registry_runs_the_kernels_for_chunkwise_plans_and_torch_for_gradients():
+    fn = recc.compile(ROOT / "specs" / "retnet.rec", backend="triton", strategy="chunkwise")
+    reference = recc.compile(ROOT / "specs" / "retnet.rec", backend="interpreter")
+    g = torch.Generator().manual_seed(0)
+    x = {
+        "q": torch.randn(2, 40, 2, 4, generator=g, dtype=torch.float64),
+        "k": torch.randn(2, 40, 2, 4, generator=g, dtype=torch.float64),
+        "v": torch.randn(2, 40, 2, 3, generator=g, dtype=torch.float64),
+        "gamma": torch.tensor([0.9, 0.5], dtype=torch.float64),
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(fn(**x), reference(**x), rtol=1e-10, atol=1e-12)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    fn(**leaves).sum().backward()  # the torch chunkwise path, differentiated
+    leaves_ref = {k: v.clone().requires_grad_() for k, v in x.items()}
+    reference(**leaves_ref).sum().backward()
+    for k in x:
+        torch.testing.assert_close(leaves[k].grad, leaves_ref[k].grad, rtol=1e-9, atol=1e-12)
+    assert "chunkwise kernels run the forward" in fn.explain()
+
+
+def test_specs_the_kernels_do_not_take_say_why():
+    with pytest.raises(RecError, match="rank 1: the Triton chunkwise kernels take rank 0"):
+        recc.compile(ROOT / "specs" / "gated_deltanet.rec", backend="triton")
+    with pytest.raises(RecError, match="companion states"):
+        recc.compile(ROOT / "specs" / "mlstm.rec", backend="triton", strategy="chunkwise")
+
+
+def test_kernels_compile_for_sm80_and_sm90_without_spills():
+    jobs, names = [], []
+    for name in RANK_ZERO_ZOO:
+        for arch in (80, 90):
+            jobs += compile_jobs(_kernel(name)[2], arch)
+            names += [(name, arch, "states"), (name, arch, "outputs")]
+    for where, report in zip(names, compile_reports(jobs)):
+        assert report.spill_store_bytes == 0 and report.spill_load_bytes == 0, (where, report)
+        assert report.registers > 0 and report.fits_shared_memory, (where, report)
+
+
+def test_generated_source_computes_the_gates_from_the_raw_inputs():
+    """Mamba2's decay exp(-exp(A_log) * softplus(dt + dt_bias)) is computed in the
+    kernel from dt, A_log and dt_bias, never passed in precomputed."""
+    source = _kernel("mamba2")[2].source
+    assert "_softplus(" in source and "tl.exp(A_log_p)" in source
+    assert (
+        'input_precision="ieee"' in source and "tl.log(" not in source.split("def chunk_states")[1]
+    )
