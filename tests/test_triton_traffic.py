@@ -147,3 +147,14 @@ def test_hooks_are_removed_on_exit_and_on_error():
         _ = 1 / 0
     assert _builder_methods() == before
     assert not triton_traffic._active
+
+
+def test_dots_count_their_multiply_adds():
+    M, N, K = 16, 32, 64
+    a, b = torch.randn(M, K), torch.randn(K, N)
+    c = torch.empty(M, N)
+    with count_traffic() as traffic:
+        k.matmul_kernel[(3,)](a, b, c, M=M, N=N, K=K)
+    torch.testing.assert_close(c, a @ b)
+    assert traffic.dots == 2 * 3  # two per program
+    assert traffic.dot_flops == 3 * 2 * M * N * K

@@ -52,6 +52,8 @@ What is counted
   of the arguments; for CPU tensors these are the tensors' own storages, so they are stable
   across launches in one block (for device tensors each launch gets fresh host copies, and
   uniqueness only holds within one launch).
+* ``dots`` / ``dot_flops``: ``tl.dot`` calls and their multiply-adds counted as 2 M N K
+  floating-point operations each (the tensor-core work; elementwise work is not counted).
 * ``atomics``: number of atomic read-modify-write / compare-and-swap ops. ``tl.atomic_*`` RMW ops
   count their active lanes as both read and written; ``tl.atomic_cas`` counts every lane as read
   and the lanes whose old value equalled ``cmp`` as written.
@@ -112,6 +114,8 @@ class Traffic:
     loads: int = 0
     stores: int = 0
     atomics: int = 0
+    dots: int = 0  # tl.dot calls, summed over the grid's programs
+    dot_flops: int = 0  # 2 * M * N * K of each (multiply and add), summed
     _read: _ByteSet = field(default_factory=_ByteSet, repr=False, compare=False)
     _written: _ByteSet = field(default_factory=_ByteSet, repr=False, compare=False)
 
@@ -162,6 +166,7 @@ _HOOKED = (
     "create_masked_store",
     "create_atomic_rmw",
     "create_atomic_cas",
+    "create_dot",
 )
 
 
@@ -236,7 +241,17 @@ def _install() -> None:
             t._record_write(written, size)
         return ret
 
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        ret = orig["create_dot"](self, a, b, d, input_precision, max_num_imprecise_acc)
+        shape_a, shape_b = np.asarray(a.data).shape, np.asarray(b.data).shape
+        flops = 2 * int(np.prod(shape_a)) * shape_b[-1]  # [.., M, K] @ [.., K, N]
+        for t in _active:
+            t.dots += 1
+            t.dot_flops += flops
+        return ret
+
     hooks = {
+        "create_dot": create_dot,
         "create_masked_load": create_masked_load,
         "create_masked_store": create_masked_store,
         "create_atomic_rmw": create_atomic_rmw,
