@@ -32,7 +32,7 @@ from recc.backends.triton.aot import compile_reports  # noqa: E402
 from recc.backends.triton.chunk_launch import ChunkKernel, compile_jobs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RANK_ZERO_ZOO = ("gla", "retnet", "mamba2")
+RANK_ZERO_ZOO = ("gla", "retnet", "mamba2", "mlstm")
 REGIMES = tuple(r for r in regimes_for("diagonal") if r is not INTEGERS)
 _KERNELS: dict[str, tuple] = {}
 
@@ -140,8 +140,30 @@ def test_the_registry_runs_the_kernels_for_chunkwise_plans_and_torch_for_gradien
 def test_specs_the_kernels_do_not_take_say_why():
     with pytest.raises(RecError, match="rank 1: the Triton chunkwise kernels take rank 0"):
         recc.compile(ROOT / "specs" / "gated_deltanet.rec", backend="triton")
-    with pytest.raises(RecError, match="companion states"):
-        recc.compile(ROOT / "specs" / "mlstm.rec", backend="triton", strategy="chunkwise")
+    gla = (ROOT / "specs" / "gla.rec").read_text()
+    a_scalar_output = gla.replace("output o = S.T @ q", "output z = dot(S.T @ q, v)")
+    torch_path = recc.compile(a_scalar_output, backend="torch", strategy="chunkwise")
+    assert torch_path.plan.chunk is not None  # the torch path takes it
+    with pytest.raises(RecError, match="output z is not a vector over V"):
+        recc.compile(a_scalar_output, backend="triton", strategy="chunkwise")
+
+
+def test_companions_written_along_a_direction_of_their_own():
+    """mLSTM with n also written along q (a write S's rows do not get) and a readout
+    that mixes both probes."""
+    source = (ROOT / "specs" / "mlstm.rec").read_text()
+    source = source.replace("update n = f * n + i * k", "update n = f * n + i * k + q")
+    source = source.replace(
+        "output h = (C.T @ q) / max(abs(dot(n, q)), 1)",
+        "output h = (C.T @ q) * sigmoid(dot(q, n)) + dot(n, k) * v",
+    )
+    rec = load(source)
+    a = analyze(rec)
+    kernel = ChunkKernel(plan(rec, a).chunk)
+    for T, regime in ((37, REGIMES[0]), (100, REGIMES[2])):
+        tensors, init = regime.call(rec, T, seed=T, heads=2)
+        found = disagreements(rec, a, _executor(rec, kernel, 32), tensors, init, gradients=False)
+        assert not found, "; ".join(map(str, found))
 
 
 def test_kernels_compile_for_sm80_and_sm90_without_spills():

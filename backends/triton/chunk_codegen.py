@@ -5,7 +5,8 @@ Stage: backend (triton). Input: a `ChunkPlan` (recc.lowering.chunk) of rank 0,
     S_t = S_{t-1} diag(d_t) + sum_m y_{t,m} e_{t,m}^T,   S[rows, cols]
     o_t = f(S_t p_{t,1}, ...)                             (every output)
 
-(GLA, RetNet, Mamba2 read as S^T); output: the source of a module with two kernels,
+(GLA, RetNet, Mamba2, mLSTM read as S^T, mLSTM's normaliser as a companion row);
+output: the source of a module with two kernels,
 the same math as backends/torch/chunkwise.py (docs/lowering-chunkwise.md), every
 coefficient computed in the kernel from the raw inputs (the spec's expressions
 printed by `tile.TileEmitter`, one line per op):
@@ -64,12 +65,11 @@ def check(plan: ChunkPlan) -> None:
     rec = plan.spec
     if plan.rank:
         raise Unsupported(f"rank {plan.rank}: the Triton chunkwise kernels take rank 0 so far")
-    if plan.companions:
-        raise Unsupported("companion states (a normaliser beside S) are not in the kernels yet")
     if plan.chunk % BLOCK_T:
         raise Unsupported(f"chunk {plan.chunk} is not a multiple of {BLOCK_T}")
     layout = TileLayout((plan.rows, plan.cols))
     exprs = [plan.decay, *(w.direction for w in plan.writes), *(w.inject for w in plan.writes)]
+    exprs += [z for c in plan.companions for z in c.scales]
     exprs += [let.expr for let in plan.state_free_lets]
     for r in plan.readouts:
         exprs += [p.probe for p in r.probes] + ([r.expr] if r.expr is not None else [])
@@ -265,6 +265,8 @@ class _Writer:
         for m, w in enumerate(plan.writes):
             exprs[f"e{m}_s"] = w.direction
             exprs[f"y{m}_s"] = w.inject
+            for j, c in enumerate(plan.companions):
+                exprs[f"z{m}_{j}_s"] = c.scales[m]
         lines.append(f"    # decay d and writes y e^T of {self._update_line()}")
         lines += self._coefficients(exprs, names)
         lines += self._identity_on_padding("_s")
@@ -293,6 +295,8 @@ class _Writer:
         for m in range(len(self.plan.writes)):
             lines.append(f"    e{m}{tag} = tl.where({t} & {c}, e{m}{tag}, 0.0)")
             lines.append(f"    y{m}{tag} = tl.where({t} & {r}, y{m}{tag}, 0.0)")
+            for j in range(len(self.plan.companions)):
+                lines.append(f"    z{m}_{j}{tag} = tl.where({t}, z{m}_{j}{tag}, 0.0)")
         return lines
 
     def _state_index(self) -> tuple[str, str]:
@@ -305,7 +309,10 @@ class _Writer:
     # ---- the kernels ----
     def states_kernel(self) -> list[str]:
         plan = self.plan
-        lines = self._signature("chunk_states", ["S0_ptr", "entering_ptr", "final_ptr"])
+        companions = ["N0_ptr", "entering_n_ptr", "final_n_ptr"] if plan.companions else []
+        lines = self._signature(
+            "chunk_states", ["S0_ptr", "entering_ptr", "final_ptr", *companions]
+        )
         lines += [
             '    """The state entering every chunk (entering[n, c]) and the final one."""',
             "    i_n = tl.program_id(0)  # batch x head",
@@ -319,26 +326,58 @@ class _Writer:
         index, mask = self._state_index()
         lines += [
             f"    S = tl.load(S0_ptr + i_n * R * C + {index}, mask={mask}, other=0.0).to(DTYPE)",
+        ]
+        J = len(plan.companions)
+        cols = f"{self.layout.offsets(self.cols)}[None, :]"
+        col_mask = f"{self.layout.mask(self.cols)}[None, :]"
+        for j, c in enumerate(plan.companions):
+            lines.append(
+                f"    n{j} = tl.load(N0_ptr + (i_n * {J} + {j}) * C + {cols}, "
+                f"mask={self.layout.mask(self.cols)}[None, :], other=0.0).to(DTYPE)"
+                f"  # companion {c.state}: one more row of {plan.state}"
+            )
+        lines += [
             f"    for i_g in range(0, NC * NSUB):  # sub-blocks of {self.BT} steps, in order",
             "        if i_g % NSUB == 0:  # a chunk starts: the state its outputs start from",
             "            chunk_at = (i_n * NC + i_g // NSUB) * R * C",
             f"            tl.store(entering_ptr + chunk_at + {index}, S, mask={mask})",
         ]
+        if J:
+            lines.append("            if i_r == 0:  # the companions: one program stores them")
+        for j in range(J):
+            lines.append(
+                f"                tl.store(entering_n_ptr + ((i_n * NC + i_g // NSUB) * {J} + {j})"
+                f" * C + {cols}, n{j}, mask={col_mask})"
+            )
         body = self._source_block(f"i_g * {self.BT}", names)
         body.append("    S = S * total  # every step's decay (total: [1, cols or 1])")
+        for j in range(J):
+            body.append(f"    n{j} = n{j} * total")
         for m in range(len(plan.writes)):
             body.append(
                 f'    S += tl.dot(tl.trans(y{m}_s), e{m}_s * suffix, input_precision="ieee")'
                 f"  # write {m}, decayed to the sub-block's end"
             )
+            for j in range(J):
+                body.append(
+                    f"    n{j} += tl.sum(z{m}_{j}_s * e{m}_s * suffix, axis=0, keep_dims=True)"
+                )
         lines += [f"    {line}" for line in body]
         lines.append(f"    tl.store(final_ptr + i_n * R * C + {index}, S, mask={mask})")
+        if J:
+            lines.append("    if i_r == 0:")
+        for j in range(J):
+            lines.append(
+                f"        tl.store(final_n_ptr + (i_n * {J} + {j}) * C + {cols}, n{j}, "
+                f"mask={col_mask})"
+            )
         return lines
 
     def outputs_kernel(self) -> list[str]:
         plan, L = self.plan, self.layout
         outs = list(self.out_ptr.values())
-        lines = self._signature("chunk_outputs", ["entering_ptr", *outs])
+        companions = ["entering_n_ptr"] if plan.companions else []
+        lines = self._signature("chunk_outputs", ["entering_ptr", *companions, *outs])
         lines += [
             '    """The outputs of one sub-block of steps."""',
             "    i_n = tl.program_id(0)  # batch x head",
@@ -364,6 +403,11 @@ class _Writer:
         for m, w in enumerate(plan.writes):
             exprs[f"e{m}_t"] = w.direction
             exprs[f"y{m}_t"] = w.inject
+            for j, comp in enumerate(plan.companions):
+                exprs[f"z{m}_{j}_t"] = comp.scales[m]
+        J = len(plan.companions)
+        of = {comp.state: j for j, comp in enumerate(plan.companions)}
+        row_of = [of.get(p.companion) for p in probes]  # None: a probe of S's rows
         for o, p in enumerate(probes):
             exprs[f"p{o}"] = p.probe
         lines.append(f"    # decay d, writes y e^T and probes p of {self._update_line()}")
@@ -371,8 +415,9 @@ class _Writer:
         lines += self._identity_on_padding("_t")
         c = f"{L.mask(self.cols)}[None, :]"
         for o in range(len(probes)):
+            width = f"[{self.BT}, {self.BR}]" if row_of[o] is None else f"[{self.BT}]"
             lines.append(f"    p{o} = tl.where({c}, p{o}, 0.0)")
-            lines.append(f"    acc{o} = tl.zeros([{self.BT}, {self.BR}], DTYPE)")
+            lines.append(f"    acc{o} = tl.zeros({width}, DTYPE)")
         lines += [
             "    prefix = tl.cumprod(d_t, axis=0)  # prod_{start <= k <= t} d_k",
             f"    steps = tl.arange(0, {self.BT})",
@@ -385,11 +430,17 @@ class _Writer:
                 f"        e_row = tl.sum(tl.where(steps[:, None] == s, e{m}_t, 0.0), axis=0)",
                 f"        y_row = tl.sum(tl.where(steps[:, None] == s, y{m}_t, 0.0), axis=0)",
             ]
+            for j in range(J):
+                lines.append(
+                    f"        z_row{j} = tl.sum(tl.where(steps[:, None] == s, z{m}_{j}_t, 0.0))"
+                )
             for o in range(len(probes)):
                 lines += [
                     f"        column = tl.sum(p{o} * rho * e_row[None, :], axis=1)",
                     "        column = tl.where(steps >= s, column, 0.0)",
-                    f"        acc{o} += column[:, None] * y_row[None, :]",
+                    f"        acc{o} += column[:, None] * y_row[None, :]"
+                    if row_of[o] is None
+                    else f"        acc{o} += column * z_row{row_of[o]}",
                 ]
         lines += [
             "    # earlier sub-blocks of the chunk, nearest first:",
@@ -401,10 +452,14 @@ class _Writer:
         for m in range(len(plan.writes)):
             body.append(f"    source = e{m}_s * suffix * between")
             for o in range(len(probes)):
-                body += [
-                    f'    block = tl.dot(p{o} * prefix, tl.trans(source), input_precision="ieee")',
-                    f'    acc{o} += tl.dot(block, y{m}_s, input_precision="ieee")',
-                ]
+                body.append(
+                    f'    block = tl.dot(p{o} * prefix, tl.trans(source), input_precision="ieee")'
+                )
+                if row_of[o] is None:
+                    body.append(f'    acc{o} += tl.dot(block, y{m}_s, input_precision="ieee")')
+                else:
+                    z = f"tl.reshape(z{m}_{row_of[o]}_s, [1, {self.BT}])"
+                    body.append(f"    acc{o} += tl.sum(block * {z}, axis=1)")
         body.append("    between = between * total")
         lines += [f"    {line}" for line in body]
         index, mask = self._state_index()
@@ -414,16 +469,28 @@ class _Writer:
             "    chunk_at = (i_n * NC + i_c) * R * C",
             f"    S = tl.load(entering_ptr + chunk_at + {index}, mask={mask}, other=0.0)",
         ]
-        for o in range(len(probes)):
+        cols = f"{L.offsets(self.cols)}[None, :]"
+        for j in range(J):
             lines.append(
-                f"    acc{o} += tl.dot(p{o} * prefix * between, tl.trans(S), "
-                'input_precision="ieee")'
+                f"    n{j} = tl.load(entering_n_ptr + ((i_n * NC + i_c) * {J} + {j}) * C + {cols}, "
+                f"mask={L.mask(self.cols)}[None, :], other=0.0)"
             )
+        for o in range(len(probes)):
+            if row_of[o] is None:
+                lines.append(
+                    f"    acc{o} += tl.dot(p{o} * prefix * between, tl.trans(S), "
+                    'input_precision="ieee")'
+                )
+            else:
+                lines.append(
+                    f"    acc{o} += tl.sum(p{o} * prefix * between * n{row_of[o]}, axis=1)"
+                )
         # the outputs: each a function of its probes and the step's inputs
         lines += [f"    {L.offsets(TIME)} = t_out", f"    {L.mask(TIME)} = m_out"]
         probe_names = {}
         for o, p in enumerate(probes):
-            probe_names[p.name] = f"tl.reshape(acc{o}, [{self.BT}, {self.BR}, 1])"
+            shape = f"[{self.BT}, {self.BR}, 1]" if row_of[o] is None else f"[{self.BT}, 1, 1]"
+            probe_names[p.name] = f"tl.reshape(acc{o}, {shape})"
         out_names = dict(names)
         rows_at = f"{L.offsets(self.rows)}[None, :, None]"
         out_offset = f"((i_b * T + t_out[:, None, None]) * H + i_h) * R + {rows_at}"

@@ -71,6 +71,16 @@ class ChunkKernel:
         S0 = S0.to(dtype).contiguous()
         entering = torch.empty((N, nc, R, C), dtype=dtype, device=device)
         final = torch.empty((N, R, C), dtype=dtype, device=device)
+        J = len(p.companions)
+        companions = []  # the companion states, J rows of their own: [N, J, C]
+        if J:
+            n0 = torch.stack([b.initial_state[c.state] for c in p.companions], dim=-2)
+            n0 = torch.broadcast_to(n0, (b.B, *b.batch_heads, J, C)).reshape(N, J, C)
+            companions = [
+                n0.to(dtype).contiguous(),
+                torch.empty((N, nc, J, C), dtype=dtype, device=device),
+                torch.empty((N, J, C), dtype=dtype, device=device),
+            ]
         outputs = {
             n: torch.empty((b.B, T, H, R), dtype=dtype, device=device)
             for n in self.kernel_plan.outputs
@@ -82,12 +92,27 @@ class ChunkKernel:
         rows_blocks = triton.cdiv(R, blocks[self.kernel_plan.blocks[p.rows]])
         sizes = (T, H, R, C, nc)
         self.module.chunk_states[(N, rows_blocks)](
-            *inputs, *params, S0, entering, final, *sizes, **consts
+            *inputs,
+            *params,
+            S0,
+            entering,
+            final,
+            *companions,
+            *sizes,
+            **consts,
+            num_warps=NUM_WARPS,
         )
         if T > 0:
             grid = (N, triton.cdiv(T, BLOCK_T), rows_blocks)
             self.module.chunk_outputs[grid](
-                *inputs, *params, entering, *outputs.values(), *sizes, **consts
+                *inputs,
+                *params,
+                entering,
+                *companions[1:2],
+                *outputs.values(),
+                *sizes,
+                **consts,
+                num_warps=NUM_WARPS,
             )
         finals = final.reshape(b.B, *b.batch_heads, R, C)
         if p.transposed:
@@ -96,7 +121,10 @@ class ChunkKernel:
         for n, o in outputs.items():
             o = o if b.H is not None else o[:, :, 0]
             result[n] = o.to(b.out_dtype)
-        return result, {p.state: finals}
+        ends = {p.state: finals}
+        for j, c in enumerate(p.companions):
+            ends[c.state] = companions[2][:, j].reshape(b.B, *b.batch_heads, C)
+        return result, ends
 
     def _param(self, b: Bound, name: str, H: int, dtype) -> torch.Tensor:
         """A param (or a dim read as a value) as `[H, *dims]`, contiguous."""
