@@ -203,20 +203,21 @@ class _Writer:
         """Lines that load this sub-block's inputs (at `o_T`) and compute `exprs`, each
         into the variable named by its key: a 2-D tile [BLOCK_T, rows or cols or 1]
         (`flat`), else a [BLOCK_T, BLOCK_rows, 1] one. Padded steps and lanes are made
-        harmless by the caller."""
+        harmless by the caller. `names` gains the inputs and lets loaded and computed
+        here, so a later call for the same sub-block reuses them."""
         L = self.layout
-        emitter = TileEmitter(L, dict(names), self.ns)
+        emitter = TileEmitter(L, names, self.ns)
         wanted = {
             n.name for e in exprs.values() if e is not None for n in walk(e) if isinstance(n, Ref)
         }
         lets = []  # the lets these read, directly or through other lets, in order
         for let in reversed(self.plan.state_free_lets):
-            if let.name in wanted:
+            if let.name in wanted and let.name not in names:
                 wanted |= {n.name for n in walk(let.expr) if isinstance(n, Ref)}
                 lets.insert(0, let)
         lines = []
         for i in self.rec.inputs:
-            if i.name not in wanted:
+            if i.name not in wanted or i.name in names:
                 continue
             var = self.ns.fresh(f"{i.name}_")
             offset, mask = self._inner(i.dims, time=True)
@@ -268,7 +269,7 @@ class _Writer:
             for j, c in enumerate(plan.companions):
                 exprs[f"z{m}_{j}_s"] = c.scales[m]
         lines.append(f"    # decay d and writes y e^T of {self._update_line()}")
-        lines += self._coefficients(exprs, names)
+        lines += self._coefficients(exprs, dict(names))
         lines += self._identity_on_padding("_s")
         lines += [
             "    # prod_{k > s} d_k: over the rows before r in reversed order",
@@ -297,6 +298,54 @@ class _Writer:
             lines.append(f"    y{m}{tag} = tl.where({t} & {r}, y{m}{tag}, 0.0)")
             for j in range(len(self.plan.companions)):
                 lines.append(f"    z{m}_{j}{tag} = tl.where({t}, z{m}_{j}{tag}, 0.0)")
+        return lines
+
+    def _within(self, M: int, J: int, probes, row_of) -> list[str]:
+        """Lines adding what each step's writes give the outputs of its own sub-block.
+
+        A scalar decay: the [BLOCK_T, BLOCK_T] table rho(t, s), a cumulative product down
+        the columns of a masked tile, times P E^T (one dot), then one dot with Y. A decay
+        over columns: per source step s, a masked cumulative product [BLOCK_T, cols]."""
+        lines = []
+        if not self.plan.decay.dims:
+            lines += [
+                "    # sources in this sub-block: rho(t, s) = prod_(s < k <= t) d_k, a table",
+                "    rho = tl.cumprod(tl.where(steps[:, None] > steps[None, :], d_t, 1.0), axis=0)",
+                "    rho = tl.where(steps[:, None] >= steps[None, :], rho, 0.0)",
+            ]
+            for m in range(M):
+                for o in range(len(probes)):
+                    lines.append(
+                        f'    a = tl.dot(p{o}, tl.trans(e{m}_t), input_precision="ieee") * rho'
+                    )
+                    if row_of[o] is None:
+                        lines.append(f'    acc{o} += tl.dot(a, y{m}_t, input_precision="ieee")')
+                    else:
+                        z = f"tl.reshape(z{m}_{row_of[o]}_t, [1, {self.BT}])"
+                        lines.append(f"    acc{o} += tl.sum(a * {z}, axis=1)")
+            return lines
+        lines += [
+            "    # sources in this sub-block: rho(t, s) as a masked cumulative product per s",
+            f"    for s in tl.range(0, {self.BT}, loop_unroll_factor=1):  # kept a loop: registers",
+            "        rho = tl.cumprod(tl.where(steps[:, None] > s, d_t, 1.0), axis=0)",
+        ]
+        for m in range(M):
+            lines += [
+                f"        e_row = tl.sum(tl.where(steps[:, None] == s, e{m}_t, 0.0), axis=0)",
+                f"        y_row = tl.sum(tl.where(steps[:, None] == s, y{m}_t, 0.0), axis=0)",
+            ]
+            for j in range(J):
+                lines.append(
+                    f"        z_row{j} = tl.sum(tl.where(steps[:, None] == s, z{m}_{j}_t, 0.0))"
+                )
+            for o in range(len(probes)):
+                lines += [
+                    f"        column = tl.sum(p{o} * rho * e_row[None, :], axis=1)",
+                    "        column = tl.where(steps >= s, column, 0.0)",
+                    f"        acc{o} += column[:, None] * y_row[None, :]"
+                    if row_of[o] is None
+                    else f"        acc{o} += column * z_row{row_of[o]}",
+                ]
         return lines
 
     def _state_index(self) -> tuple[str, str]:
@@ -374,30 +423,51 @@ class _Writer:
         return lines
 
     def outputs_kernel(self) -> list[str]:
+        """One program per (batch x head, chunk, block of rows), its sub-blocks in turn:
+        each output reads the state at its sub-block's start (the state entering the
+        chunk carried through the earlier sub-blocks, as in chunk_states) and the
+        sources within its sub-block. The entering state and every input are read
+        once; only the running state stays live between sub-blocks."""
         plan, L = self.plan, self.layout
+        J = len(plan.companions)
+        of = {comp.state: j for j, comp in enumerate(plan.companions)}
+        probes = [p for r in plan.readouts for p in r.probes]
+        row_of = [of.get(p.companion) for p in probes]  # None: a probe of S's rows
+        M = len(plan.writes)
         outs = list(self.out_ptr.values())
-        companions = ["entering_n_ptr"] if plan.companions else []
+        companions = ["entering_n_ptr"] if J else []
         lines = self._signature("chunk_outputs", ["entering_ptr", *companions, *outs])
         lines += [
-            '    """The outputs of one sub-block of steps."""',
+            '    """The outputs of one chunk (NSUB sub-blocks of BLOCK_T steps)."""',
             "    i_n = tl.program_id(0)  # batch x head",
-            "    i_g = tl.program_id(1)  # sub-block of BLOCK_T steps",
+            "    i_c = tl.program_id(1)  # chunk",
             "    i_r = tl.program_id(2)  # block of rows",
             "    i_b = i_n // H",
             "    i_h = i_n % H",
-            "    i_c = i_g // NSUB  # its chunk",
-            "    i_i = i_g % NSUB  # its place in the chunk",
         ]
         lines += self._axes("i_r")
         params, names = self._params()
         lines += params
-        probes = [p for r in plan.readouts for p in r.probes]
-        # the target sub-block, in time order
+        index, mask = self._state_index()
+        cols = f"{L.offsets(self.cols)}[None, :]"
+        c = f"{L.mask(self.cols)}[None, :]"
         lines += [
-            f"    {L.offsets(TIME)} = i_g * {self.BT} + tl.arange(0, {self.BT})",
+            "    # the state entering the chunk, carried to each sub-block's start below",
+            "    chunk_at = (i_n * NC + i_c) * R * C",
+            f"    S = tl.load(entering_ptr + chunk_at + {index}, mask={mask}, other=0.0)",
+        ]
+        for j in range(J):
+            lines.append(
+                f"    n{j} = tl.load(entering_n_ptr + ((i_n * NC + i_c) * {J} + {j}) * C + {cols}, "
+                f"mask={c}, other=0.0)"
+            )
+        lines += [
+            f"    steps = tl.arange(0, {self.BT})",
+            "    for i_i in range(0, NSUB):  # the chunk's sub-blocks, in order",
+        ]
+        body = [
+            f"    {L.offsets(TIME)} = (i_c * NSUB + i_i) * {self.BT} + tl.arange(0, {self.BT})",
             f"    {L.mask(TIME)} = {L.offsets(TIME)} < T",
-            f"    t_out = {L.offsets(TIME)}",
-            f"    m_out = {L.mask(TIME)}",
         ]
         exprs: dict[str, Expr | None] = {"d_t": plan.decay}
         for m, w in enumerate(plan.writes):
@@ -405,109 +475,67 @@ class _Writer:
             exprs[f"y{m}_t"] = w.inject
             for j, comp in enumerate(plan.companions):
                 exprs[f"z{m}_{j}_t"] = comp.scales[m]
-        J = len(plan.companions)
-        of = {comp.state: j for j, comp in enumerate(plan.companions)}
-        row_of = [of.get(p.companion) for p in probes]  # None: a probe of S's rows
         for o, p in enumerate(probes):
             exprs[f"p{o}"] = p.probe
-        lines.append(f"    # decay d, writes y e^T and probes p of {self._update_line()}")
-        lines += self._coefficients(exprs, names)
-        lines += self._identity_on_padding("_t")
-        c = f"{L.mask(self.cols)}[None, :]"
+        body.append(f"    # decay d, writes y e^T and probes p of {self._update_line()}")
+        here = dict(names)
+        body += self._coefficients(exprs, here)
+        body += self._identity_on_padding("_t")
         for o in range(len(probes)):
             width = f"[{self.BT}, {self.BR}]" if row_of[o] is None else f"[{self.BT}]"
-            lines.append(f"    p{o} = tl.where({c}, p{o}, 0.0)")
-            lines.append(f"    acc{o} = tl.zeros({width}, DTYPE)")
-        lines += [
-            "    prefix = tl.cumprod(d_t, axis=0)  # prod_{start <= k <= t} d_k",
-            f"    steps = tl.arange(0, {self.BT})",
-            "    # sources in this sub-block: rho(t, s) as a masked cumulative product per s",
-            f"    for s in tl.static_range({self.BT}):",
-            "        rho = tl.cumprod(tl.where(steps[:, None] > s, d_t, 1.0), axis=0)",
+            body.append(f"    p{o} = tl.where({c}, p{o}, 0.0)")
+            body.append(f"    acc{o} = tl.zeros({width}, DTYPE)")
+        body += [
+            "    prefix = tl.cumprod(d_t, axis=0)  # prod_(start <= k <= t) d_k",
+            *self._within(M, J, probes, row_of),
         ]
-        for m in range(len(plan.writes)):
-            lines += [
-                f"        e_row = tl.sum(tl.where(steps[:, None] == s, e{m}_t, 0.0), axis=0)",
-                f"        y_row = tl.sum(tl.where(steps[:, None] == s, y{m}_t, 0.0), axis=0)",
-            ]
-            for j in range(J):
-                lines.append(
-                    f"        z_row{j} = tl.sum(tl.where(steps[:, None] == s, z{m}_{j}_t, 0.0))"
-                )
-            for o in range(len(probes)):
-                lines += [
-                    f"        column = tl.sum(p{o} * rho * e_row[None, :], axis=1)",
-                    "        column = tl.where(steps >= s, column, 0.0)",
-                    f"        acc{o} += column[:, None] * y_row[None, :]"
-                    if row_of[o] is None
-                    else f"        acc{o} += column * z_row{row_of[o]}",
-                ]
-        lines += [
-            "    # earlier sub-blocks of the chunk, nearest first:",
-            "    # rho(t, s) = prefix(t) * between * suffix(s)",
-            "    between = tl.full(tl.reduce(d_t, 0, _product, keep_dims=True).shape, 1.0, DTYPE)",
-            "    for i_j in range(0, i_i):",
-        ]
-        body = self._source_block(f"(i_c * NSUB + i_i - 1 - i_j) * {self.BT}", names)
-        for m in range(len(plan.writes)):
-            body.append(f"    source = e{m}_s * suffix * between")
-            for o in range(len(probes)):
-                body.append(
-                    f'    block = tl.dot(p{o} * prefix, tl.trans(source), input_precision="ieee")'
-                )
-                if row_of[o] is None:
-                    body.append(f'    acc{o} += tl.dot(block, y{m}_s, input_precision="ieee")')
-                else:
-                    z = f"tl.reshape(z{m}_{row_of[o]}_s, [1, {self.BT}])"
-                    body.append(f"    acc{o} += tl.sum(block * {z}, axis=1)")
-        body.append("    between = between * total")
-        lines += [f"    {line}" for line in body]
-        index, mask = self._state_index()
-        lines += [
-            "    # the state entering the chunk, decayed to t: between (now all earlier",
-            "    # sub-blocks) * prefix(t)",
-            "    chunk_at = (i_n * NC + i_c) * R * C",
-            f"    S = tl.load(entering_ptr + chunk_at + {index}, mask={mask}, other=0.0)",
-        ]
-        cols = f"{L.offsets(self.cols)}[None, :]"
-        for j in range(J):
-            lines.append(
-                f"    n{j} = tl.load(entering_n_ptr + ((i_n * NC + i_c) * {J} + {j}) * C + {cols}, "
-                f"mask={L.mask(self.cols)}[None, :], other=0.0)"
-            )
+        body.append("    # the state at the sub-block's start, decayed to t by prefix(t)")
         for o in range(len(probes)):
             if row_of[o] is None:
-                lines.append(
-                    f"    acc{o} += tl.dot(p{o} * prefix * between, tl.trans(S), "
-                    'input_precision="ieee")'
+                body.append(
+                    f'    acc{o} += tl.dot(p{o} * prefix, tl.trans(S), input_precision="ieee")'
                 )
             else:
-                lines.append(
-                    f"    acc{o} += tl.sum(p{o} * prefix * between * n{row_of[o]}, axis=1)"
-                )
-        # the outputs: each a function of its probes and the step's inputs
-        lines += [f"    {L.offsets(TIME)} = t_out", f"    {L.mask(TIME)} = m_out"]
-        probe_names = {}
-        for o, p in enumerate(probes):
-            shape = f"[{self.BT}, {self.BR}, 1]" if row_of[o] is None else f"[{self.BT}, 1, 1]"
-            probe_names[p.name] = f"tl.reshape(acc{o}, {shape})"
-        out_names = dict(names)
+                body.append(f"    acc{o} += tl.sum(p{o} * prefix * n{row_of[o]}, axis=1)")
         rows_at = f"{L.offsets(self.rows)}[None, :, None]"
-        out_offset = f"((i_b * T + t_out[:, None, None]) * H + i_h) * R + {rows_at}"
-        out_mask = f"m_out[:, None, None] & {L.mask(self.rows)}[None, :, None]"
+        out_offset = f"((i_b * T + {L.offsets(TIME)}[:, None, None]) * H + i_h) * R + {rows_at}"
+        out_mask = f"{L.mask(TIME)}[:, None, None] & {L.mask(self.rows)}[None, :, None]"
+        o = 0
         for r in plan.readouts:
             value = self.ns.unique(f"{r.name}_value")
             for p in r.probes:
+                shape = f"[{self.BT}, {self.BR}, 1]" if row_of[o] is None else f"[{self.BT}, 1, 1]"
                 var = self.ns.unique(p.name.lstrip("_"))
-                lines.append(f"    {var} = {probe_names[p.name]}")
-                out_names[p.name] = var
-            out = next(o for o in self.rec.outputs if o.name == r.name)
-            lines.append(f"    # {cite(self.rec, out.span)}")
+                body.append(f"    {var} = tl.reshape(acc{o}, {shape})")
+                here[p.name] = var
+                o += 1
+            out = next(x for x in self.rec.outputs if x.name == r.name)
+            body.append(f"    # {cite(self.rec, out.span)}")
             if r.expr is None:
-                lines.append(f"    {value} = tl.zeros([{self.BT}, {self.BR}, 1], DTYPE)")
+                body.append(f"    {value} = tl.zeros([{self.BT}, {self.BR}, 1], DTYPE)")
             else:
-                lines += self._coefficients({value: r.expr}, out_names, flat=False)
-            lines.append(
+                body += self._coefficients({value: r.expr}, here, flat=False)
+            body.append(
                 f"    tl.store({self.out_ptr[r.name]} + {out_offset}, {value}, mask={out_mask})"
             )
+        body += [
+            "    # the state carried to the next sub-block's start (as in chunk_states)",
+            "    total = tl.reduce(d_t, 0, _product, keep_dims=True)",
+            "    _, suffix = tl.associative_scan(",
+            "        (tl.flip(d_t, 0), tl.full(d_t.shape, 1.0, DTYPE)), 0, _all_but_last",
+            "    )",
+            "    suffix = tl.flip(suffix, 0)  # prod_(k > s) d_k within the sub-block",
+            "    S = S * total",
+        ]
+        for j in range(J):
+            body.append(f"    n{j} = n{j} * total")
+        for m in range(M):
+            body.append(
+                f'    S += tl.dot(tl.trans(y{m}_t), e{m}_t * suffix, input_precision="ieee")'
+            )
+            for j in range(J):
+                body.append(
+                    f"    n{j} += tl.sum(z{m}_{j}_t * e{m}_t * suffix, axis=0, keep_dims=True)"
+                )
+        lines += [f"    {line}" for line in body]
         return lines

@@ -17,10 +17,16 @@ from recc.backends.triton.tile import TIME
 from recc.lowering import ChunkPlan
 from recc.signature import Bound
 
-# Rows of the state per program (the state tile is [rows, cols] in registers), and
-# warps per program: at 64 x 64 (K = V = 64) 8 warps compile for sm_80 and sm_90 with
-# no spills (4 warps spill in chunk_states; `compile_jobs` reports it).
-MAX_BLOCK_ROWS = 64
+# Rows of the state per program (the state tile is [rows, cols] in registers) in each
+# kernel, and warps per program: at K = V = 64 these compile for sm_80 and sm_90 with
+# no spills (`compile_jobs`; chunk_states spills with 4 warps, chunk_outputs of GLA
+# with 64 rows at 8 or 16 warps).
+MAX_BLOCK_ROWS = {"chunk_states": 64, "chunk_outputs": 64}
+# a decay over the columns (GLA) has chunk_outputs loop over the sub-block's source
+# steps with [BLOCK_T, cols] tiles beside the running state: 32 rows fit; companions
+# (mLSTM's normaliser) add rows and tables of their own: 16
+ROWS_WITH_VECTOR_DECAY = 32
+ROWS_WITH_COMPANIONS = 16
 NUM_WARPS = 8
 
 
@@ -36,12 +42,17 @@ class ChunkKernel:
         self.source, self.kernel_plan = generate_chunk_module(plan)
         self.module = load_module(self.source, stem=f"{plan.spec.name}_chunk")
 
-    def blocks(self, bound: Bound) -> dict[str, int]:
+    def blocks(self, kernel: str, R: int, C: int) -> dict[str, int]:
+        """The block constexprs of `kernel` ("chunk_states" or "chunk_outputs")."""
         p, kp = self.plan, self.kernel_plan
-        R, C = bound.sizes[p.rows], bound.sizes[p.cols]
+        most = MAX_BLOCK_ROWS[kernel]
+        if kernel == "chunk_outputs" and p.companions:
+            most = ROWS_WITH_COMPANIONS
+        elif kernel == "chunk_outputs" and p.decay.dims:
+            most = ROWS_WITH_VECTOR_DECAY
         return {
             kp.blocks[TIME]: BLOCK_T,
-            kp.blocks[p.rows]: min(MAX_BLOCK_ROWS, _pow2(R)),
+            kp.blocks[p.rows]: min(most, _pow2(R)),
             kp.blocks[p.cols]: _pow2(C),
         }
 
@@ -53,6 +64,7 @@ class ChunkKernel:
         L = chunk or p.chunk
         assert L % BLOCK_T == 0, L
         nsub = L // BLOCK_T
+        module = self.module
         H = b.H or 1
         N, T = b.B * H, b.T
         R, C = b.sizes[p.rows], b.sizes[p.cols]
@@ -85,13 +97,11 @@ class ChunkKernel:
             n: torch.empty((b.B, T, H, R), dtype=dtype, device=device)
             for n in self.kernel_plan.outputs
         }
-        blocks = self.blocks(b)
-        consts = dict(
-            NSUB=nsub, DTYPE=tl.float64 if dtype == torch.float64 else tl.float32, **blocks
-        )
-        rows_blocks = triton.cdiv(R, blocks[self.kernel_plan.blocks[p.rows]])
+        consts = dict(NSUB=nsub, DTYPE=tl.float64 if dtype == torch.float64 else tl.float32)
+        rows = self.kernel_plan.blocks[p.rows]
         sizes = (T, H, R, C, nc)
-        self.module.chunk_states[(N, rows_blocks)](
+        blocks = self.blocks("chunk_states", R, C)
+        module.chunk_states[(N, triton.cdiv(R, blocks[rows]))](
             *inputs,
             *params,
             S0,
@@ -100,11 +110,12 @@ class ChunkKernel:
             *companions,
             *sizes,
             **consts,
+            **blocks,
             num_warps=NUM_WARPS,
         )
         if T > 0:
-            grid = (N, triton.cdiv(T, BLOCK_T), rows_blocks)
-            self.module.chunk_outputs[grid](
+            blocks = self.blocks("chunk_outputs", R, C)
+            module.chunk_outputs[(N, nc, triton.cdiv(R, blocks[rows]))](
                 *inputs,
                 *params,
                 entering,
@@ -112,6 +123,7 @@ class ChunkKernel:
                 *outputs.values(),
                 *sizes,
                 **consts,
+                **blocks,
                 num_warps=NUM_WARPS,
             )
         finals = final.reshape(b.B, *b.batch_heads, R, C)
@@ -148,14 +160,9 @@ def compile_jobs(kernel: ChunkKernel, arch: int, size: int = REPORT_SIZE, chunk:
 
     from recc.backends.triton.aot import CompileJob
 
-    p, kp = kernel.plan, kernel.kernel_plan
-    blocks = {
-        kp.blocks[TIME]: BLOCK_T,
-        kp.blocks[p.rows]: min(MAX_BLOCK_ROWS, _pow2(size)),
-        kp.blocks[p.cols]: _pow2(size),
-    }
     jobs = []
     for fn in (kernel.module.chunk_states, kernel.module.chunk_outputs):
+        blocks = kernel.blocks(fn.fn.__name__, size, size)
         signature = {}
         for name, param in inspect.signature(fn.fn).parameters.items():
             if "constexpr" not in str(param.annotation):
