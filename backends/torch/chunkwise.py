@@ -221,11 +221,14 @@ def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
     # each sequence from its own initial state; its final state after its last chunk
     entering = []
     finals = []
+    # unbound once: indexing chunk k out of E and F per step would cost autograd a
+    # full-size zero-filled gradient per index; unbind's backward stacks once
+    Es, Fs = E.unbind(1), F.unbind(1)
     for i, chunks in enumerate(layout.chunks):
         S = S0[i]
         for k in chunks:
             entering.append(S)
-            S = S @ E[:, k] + F[:, k]
+            S = S @ Es[k] + Fs[k]
         finals.append(S)
     ends = torch.stack(finals).reshape(b.sequences, *b.batch_heads, Rs, C)
     final = ends[..., :Rw, :]

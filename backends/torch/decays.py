@@ -27,9 +27,9 @@ def segment_products(d: torch.Tensor) -> torch.Tensor:
     return torch.where((idx[:, None] >= idx[None, :])[..., None], rho, 0.0)
 
 
-# Steps per block when a decay over columns is factored within a chunk (below); a chunk
-# whose length it does not divide is one block.
-BLOCK = 16
+# A decay over columns: a chunk is halved while its length is even and above BLOCK; the
+# pieces left (BLOCK steps for a chunk of BLOCK * 2^k) are the blocks of `decayed`.
+BLOCK = 8
 
 
 def prefix_products(d: torch.Tensor, inclusive: bool) -> torch.Tensor:
@@ -45,6 +45,48 @@ def suffix_products(d: torch.Tensor) -> torch.Tensor:
     return prefix_products(d.flip(-2), inclusive=False).flip(-2)
 
 
+def _within_blocks(
+    left: torch.Tensor, d: torch.Tensor, right: torch.Tensor, strict: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`decayed` within blocks of l steps: `left` `[..., l, a, C]`, `d` `[..., l, C]`,
+    `right` `[..., l, C, b]` give (D `[..., l a, l b]`, the sources decayed to the
+    block's end `[..., l, a, C]`, the prefix products prod_{k <= t} d_k `[..., l, C]`).
+
+    A loop over the block's steps t carries what every earlier step's write has become,
+    reach_t[s] = left[s] * prod_{s < k <= t} d_k for s <= t: reach_t = (reach_{t-1} * d_t,
+    then left[t] appended), one multiplication per entry. Column t of D is reach_t (or,
+    if strict, reach_{t-1}) against right[t], summed over C; the columns are packed
+    one after another and put in place by one gather. The last reach is the sources
+    the blocks after this one see."""
+    *batch, l, a, C = left.shape
+    b = right.shape[-1]
+    lefts, decays, rights = left.unbind(-3), d.unbind(-2), right.mT.unbind(-3)
+    zero = left.new_zeros((1, *batch, a, b))
+    columns = [zero]  # packed[1 + position of (s, t)] = D[s, t]; packed[0] = 0
+    reach = None  # reach_{t-1}: [t, ..., a, C], steps first (appending copies whole rows)
+    prefix = []
+    for t in range(l):
+        reads = reach
+        if reach is None:
+            reach, through = lefts[0][None], decays[0]
+        else:
+            reach = torch.cat([reach * decays[t][..., None, :], lefts[t][None]], dim=0)
+            through = through * decays[t]
+        prefix.append(through)
+        if not strict:
+            reads = reach
+        if reads is not None:  # [s, ..., a, b] for s <= t (< t if strict)
+            columns.append((reads.unsqueeze(-2) * rights[t].unsqueeze(-3)).sum(-1))
+    s, t = torch.arange(l, device=d.device)[:, None], torch.arange(l, device=d.device)
+    if strict:
+        position = torch.where(s < t, t * (t - 1) // 2 + s + 1, 0)
+    else:
+        position = torch.where(s <= t, t * (t + 1) // 2 + s + 1, 0)
+    D = torch.cat(columns, dim=0)[position.flatten()].reshape(l, l, *batch, a, b)
+    D = D.permute(*range(2, len(batch) + 2), 0, -2, 1, -1)  # [..., s, a, t, b]
+    return D.reshape(*batch, l * a, l * b), reach.movedim(0, -3), torch.stack(prefix, dim=-2)
+
+
 def decayed(left: torch.Tensor, d: torch.Tensor, right: torch.Tensor, strict: bool) -> torch.Tensor:
     """D[..., (s, a), (t, b)] = sum_c left[..., s, c, a] * rho[..., s, t, c] * right[..., t, c, b]
     for steps s, t in 1..L of a chunk: what step s's write (right factor `left`) gives
@@ -54,11 +96,22 @@ def decayed(left: torch.Tensor, d: torch.Tensor, right: torch.Tensor, strict: bo
 
     Every rho is a product of decays, never a quotient or an exponential of log sums,
     so decays of 0, negative ones and long runs of tiny ones stay exact. A scalar decay
-    is one matrix product, then the [L, L] table of segment products. A decay over the
-    columns is factored through blocks of BLOCK steps: for s in block j before t's
-    block i, rho = (to j's end from s) * (over the blocks between) * (from i's start to
-    t), so block pair (i, j) is one matrix product of decay-scaled factors; within a
-    block the [l, l, C] table of segment products is used as is."""
+    is one matrix product, then the [L, L] table of segment products.
+
+    A decay over the columns: the chunk is halved while its length is even and above
+    BLOCK, down to blocks of l steps. Within a block, `_within_blocks` forms each rho as
+    a running product (no [l, l, C] table). Between the two halves A, B of a segment,
+    for s in A and t in B, rho = prod_{s < k <= end of A} * prod_{start of B <= k <= t}
+    (< t if strict): the block of D from A to B is one matrix product, sources[s] @
+    targets[t]^T over C, with sources = left * (decay to A's end) and targets = right *
+    (decay from B's start). Going a level up, a segment's sources in its first half take
+    one more factor, the product over its second half, and its targets in the second half
+    the product over the first: each factor is a product over disjoint steps, so each
+    term of D is a product of the decays of its own segment. Per chunk (a = b = 1) this
+    is about L^2 C / 2 multiply-adds in matrix products and L C (l + 2 log2(L / l))
+    elementwise products, on tensors of about L C entries at most, so that what autograd
+    keeps for the backward pass is as small (the [l, l, C] tables it replaces, built
+    by where and cumprod, dominated the time of GLA forward and backward)."""
     *lead, L, C, a = left.shape
     b = right.shape[-1]
     if a == 0 or b == 0:  # nothing read (rank 0) or nothing written: no table to build
@@ -70,32 +123,32 @@ def decayed(left: torch.Tensor, d: torch.Tensor, right: torch.Tensor, strict: bo
         cols = right.movedim(-3, -2).reshape(*lead, C, L * b)
         decays = rho.transpose(-1, -2)[..., :, None, :, None]  # [s, 1, t, 1]
         return ((rows @ cols).reshape(*lead, L, a, L, b) * decays).reshape(*lead, L * a, L * b)
-    l = BLOCK if L % BLOCK == 0 else L
-    nb = L // l
+    l, levels = L, 0
+    while l % 2 == 0 and l > BLOCK:
+        l, levels = l // 2, levels + 1
+    nb = L // l  # 2^levels blocks
     blocks = lambda x: x.reshape(*lead, nb, l, *x.shape[len(lead) + 1 :])  # noqa: E731
-    db, lb, rb = blocks(d), blocks(left), blocks(right)  # [..., nb, l, C(, a|b)]
-    # within each block: the segment products themselves
-    within = segment_products(db)  # [..., nb, l+1, l+1, C]
-    within = within[..., :l, 1:, :] if strict else within[..., 1:, 1:, :]  # [t, s]
-    diagonal = torch.einsum("...sca,...tsc,...tcb->...satb", lb, within, rb)
-    diagonal = diagonal.reshape(*lead, nb, l * a, l * b)
-    if nb == 1:
-        return diagonal.reshape(*lead, L * a, L * b)
-    # between blocks: rho = suffix(s) * between(i, j) * prefix(t)
-    to_end = suffix_products(db)  # [..., j, x, C]: prod over (s, end of j]
-    from_start = prefix_products(db, inclusive=not strict)  # [..., i, y, C]
-    totals = torch.prod(db, dim=-2)  # [..., nb, C]
-    between = segment_products(totals)[..., :nb, 1:, :]  # [i, j] = prod_{j < m < i}: 0 if j >= i
-    sources = (lb * to_end[..., None]).movedim(-1, -2)  # [..., j, x, a, C]
-    targets = rb * from_start[..., None]  # [..., i, y, C, b]
-    scaled = sources[..., None, :, :, :, :] * between[..., :, :, None, None, :]  # [i, j, x, a, C]
-    off = scaled.reshape(*lead, nb, nb * l * a, C) @ targets.reshape(*lead, nb, l, C, b).movedim(
-        -3, -2
-    ).reshape(*lead, nb, C, l * b)  # [..., i, (j, x, a), (y, b)]
-    off = off.reshape(*lead, nb, nb, l * a, l * b).transpose(-4, -3)  # [..., j, i, xa, yb]
-    j = torch.arange(nb, device=d.device)
-    before = (j[:, None] < j[None, :])[:, :, None, None]  # source block j before target i
-    same = (j[:, None] == j[None, :])[:, :, None, None]
-    full = torch.where(before, off, 0.0)
-    full = torch.where(same, diagonal.unsqueeze(-3), full)  # [..., j, i, xa, yb]
-    return full.transpose(-3, -2).reshape(*lead, L * a, L * b)
+    db, rb = blocks(d), blocks(right)  # [..., nb, l, C], [..., nb, l, C, b]
+    D, sources, prefix = _within_blocks(blocks(left.movedim(-1, -2)), db, rb, strict)
+    totals = prefix[..., -1, :]  # [..., nb, C]: the product over each block
+    if strict:  # prod_{start <= k < t}
+        prefix = torch.cat([torch.ones_like(prefix[..., :1, :]), prefix[..., :-1, :]], dim=-2)
+    targets = (rb * prefix[..., None]).mT  # [..., nb, l, b, C]
+    h = l  # steps in each half of the segments of this level
+    for level in range(levels):
+        n = nb >> (level + 1)  # segments, each two halves of h steps
+        sources_a, sources_b = sources.reshape(*lead, n, 2, h, a, C).unbind(-4)
+        targets_a, targets_b = targets.reshape(*lead, n, 2, h, b, C).unbind(-4)
+        across = sources_a.reshape(*lead, n, h * a, C) @ targets_b.reshape(*lead, n, h * b, C).mT
+        D_a, D_b = D.reshape(*lead, n, 2, h * a, h * b).unbind(-3)
+        D = torch.cat(
+            [torch.cat([D_a, across], dim=-1), torch.cat([torch.zeros_like(across), D_b], dim=-1)],
+            dim=-2,
+        )  # [..., n, 2h a, 2h b]
+        if level + 1 < levels:
+            total_a, total_b = totals.reshape(*lead, n, 2, C).unbind(-2)
+            sources = torch.cat([sources_a * total_b[..., None, None, :], sources_b], dim=-3)
+            targets = torch.cat([targets_a, targets_b * total_a[..., None, None, :]], dim=-3)
+            totals = total_a * total_b
+        h *= 2
+    return D.reshape(*lead, L * a, L * b)
