@@ -185,3 +185,26 @@ def test_generated_source_computes_the_gates_from_the_raw_inputs():
     assert (
         'input_precision="ieee"' in source and "tl.log(" not in source.split("def chunk_states")[1]
     )
+
+
+@pytest.mark.parametrize("name", RANK_ZERO_ZOO)
+def test_counted_bytes_and_flops_are_what_explain_computes(name):
+    """`chunk_launch.counts` (what `recc explain --registers` prints per token) equals
+    the interpreter's count of every load, store and dot, padding included."""
+    from recc.backends.triton.chunk_launch import counts
+    from recc.testing.triton_traffic import count_traffic
+
+    rec, _, kernel = _kernel(name)
+    p = kernel.plan
+    for T, heads in ((100, 2), (64, None)):
+        tensors, init = REGIMES[0].call(rec, T, seed=T, heads=heads)
+        bound = bind(rec, tensors, init)
+        with count_traffic() as traffic, torch.no_grad():
+            kernel(bound)
+        R, C = bound.sizes[p.rows], bound.sizes[p.cols]
+        found = counts(kernel, bound.B, T, bound.H or 1, R, C, word=8)  # fp64
+        assert (traffic.bytes_read, traffic.bytes_written, traffic.dot_flops) == (
+            found.bytes_read,
+            found.bytes_written,
+            found.dot_flops,
+        ), (name, T)

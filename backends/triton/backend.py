@@ -144,7 +144,7 @@ def _chunkwise_executor(plan: LoweringPlan, kernel):
 
 def _chunk_details(kernel, arch: int) -> list[str]:
     from recc.backends.triton.aot import compile_reports
-    from recc.backends.triton.chunk_launch import compile_jobs
+    from recc.backends.triton.chunk_launch import compile_jobs, counts
 
     lines = [f"Triton chunkwise kernels, sm_{arch}, K = V = 64 tiles (compiled ahead of time):"]
     for r in compile_reports(compile_jobs(kernel, arch)):
@@ -152,6 +152,13 @@ def _chunk_details(kernel, arch: int) -> list[str]:
             f"  {r.name:22} {r.registers:3d} registers/thread, spills "
             f"{r.spill_store_bytes}+{r.spill_load_bytes} B, shared {r.shared_mem_bytes} B"
         )
+    T = 4096
+    c = counts(kernel, B=1, T=T, H=1, R=64, C=64)
+    moved = (c.bytes_read + c.bytes_written) / T
+    lines.append(
+        f"  per token (T = {T}, rows = cols = 64, fp32): {moved:.0f} bytes of global "
+        f"memory ({c.bytes_read / T:.0f} read), {c.dot_flops / T:.0f} dot FLOPs"
+    )
     return lines
 
 

@@ -9,11 +9,14 @@ returns outputs and final states as the torch path does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from recc.backends.triton.cache import load_module
 from recc.backends.triton.chunk_codegen import BLOCK_T, generate_chunk_module
 from recc.backends.triton.tile import TIME
+from recc.ir.nodes import Ref, walk
 from recc.lowering import ChunkPlan
 from recc.signature import Bound
 
@@ -145,6 +148,83 @@ class ChunkKernel:
         if x.dim() == len(dims):  # one for every head
             x = x.unsqueeze(0).expand(H, *x.shape)
         return x.to(dtype).contiguous()
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Global-memory bytes and dot FLOPs of one forward call of both kernels, from the
+    kernels' structure (what recc.testing.triton_traffic counts under the
+    interpreter: masked lanes move nothing, dots count their padded tiles)."""
+
+    bytes_read: int
+    bytes_written: int
+    dot_flops: int
+
+
+def counts(
+    kernel: ChunkKernel, B: int, T: int, H: int, R: int, C: int, chunk: int = 0, word: int = 4
+) -> Counts:
+    """The `Counts` of a call with these sizes (H = 1 without heads), `word` bytes per
+    element (4: fp32, the compute dtype of fp32, bf16 and fp16 inputs; 8: fp64)."""
+    p, kp = kernel.plan, kernel.kernel_plan
+    L = chunk or p.chunk
+    N, nc, nsub = B * H, max(1, -(-T // L)), L // BLOCK_T
+    rec = p.spec
+    dims = {i.name: i.dims for i in rec.inputs}
+    dims.update({q.name: q.dims for q in rec.params})
+    size = {p.rows: R, p.cols: C}
+    lets = {let.name: let.expr for let in p.state_free_lets}
+
+    def reads(exprs) -> set[str]:
+        names, todo = set(), [e for e in exprs if e is not None]
+        while todo:
+            for node in walk(todo.pop()):
+                if isinstance(node, Ref) and node.name not in names:
+                    names.add(node.name)
+                    if node.name in lets:
+                        todo.append(lets[node.name])
+        return names & {i.name for i in rec.inputs}
+
+    def numel(name: str) -> int:
+        n = 1
+        for d in dims.get(name, ()):
+            n *= size[d]
+        return n
+
+    def loaded(names, programs_per_n: int, rows_blocks: int) -> int:
+        """Inputs read by every program over its steps: over the rows once in all."""
+        total = 0
+        for n in names:
+            again = 1 if p.rows in dims[n] else rows_blocks
+            total += N * T * numel(n) * again
+        params = sum(
+            (1 if p.rows in dims.get(q, ()) else rows_blocks) * numel(q) for q in kp.params
+        )
+        return total + N * programs_per_n * params // rows_blocks
+
+    writes_exprs = [p.decay, *(w.direction for w in p.writes), *(w.inject for w in p.writes)]
+    writes_exprs += [z for c in p.companions for z in c.scales]
+    probes = [q for r in p.readouts for q in r.probes]
+    outputs_exprs = writes_exprs + [q.probe for q in probes] + [r.expr for r in p.readouts]
+    J, M = len(p.companions), len(p.writes)
+    BC = _pow2(C)
+    sizes_s = kernel.blocks("chunk_states", R, C)
+    sizes_o = kernel.blocks("chunk_outputs", R, C)
+    BRs, BRo = sizes_s[kp.blocks[p.rows]], sizes_o[kp.blocks[p.rows]]
+    nrs, nro = -(-R // BRs), -(-R // BRo)
+    read = loaded(reads(writes_exprs), nrs, nrs) + N * R * C  # + the initial state
+    read += N * nrs * J * C  # every row block reads the companions' start
+    written = N * (nc + 1) * (R + J) * C  # entering states and the final one
+    read += loaded(reads(outputs_exprs), nc * nro, nro) + N * nc * R * C + N * nc * nro * J * C
+    written += N * T * R * len(p.readouts)
+    dot = 2 * BLOCK_T * BC
+    flops = N * nrs * nc * nsub * M * dot * BRs  # chunk_states: y^T (e * suffix)
+    rows_probes = sum(1 for q in probes if q.companion is None)
+    per_sub = M * dot * BRo + rows_probes * dot * BRo  # the state carried; S p
+    if not p.decay.dims:  # the scalar table: P E^T, then A Y for the probes of S
+        per_sub += M * len(probes) * dot * BLOCK_T + M * rows_probes * 2 * BLOCK_T**2 * BRo
+    flops += N * nro * nc * nsub * per_sub
+    return Counts(read * word, written * word, flops)
 
 
 # Shapes the ahead-of-time check compiles at: a typical head (K = V = 64, Mamba2's
