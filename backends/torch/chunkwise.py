@@ -26,7 +26,12 @@ import math
 
 import torch
 
-from recc.backends.torch.decays import decayed, prefix_products, suffix_products
+from recc.backends.torch.decays import (
+    decayed,
+    prefix_products,
+    segment_products,
+    suffix_products,
+)
 from recc.interpreter import TorchOps
 from recc.ir.evaluate import align, evaluate
 from recc.ir.nodes import Expr
@@ -182,11 +187,12 @@ def run_chunkwise(plan: ChunkPlan, bound: Bound, chunk: int | None = None):
 
     # What step s's writes y_{s,m} e_{s,m}^T reach, decayed: the state step t's reads
     # see (K), and the chunk's last state and every output (reach).
-    K = decayed(Edir, d, U, strict=True)  # [(s, m), (t, r)]
+    table = segment_products(d) if d.shape[-1] == 1 else None  # scalar: shared below
+    K = decayed(Edir, d, U, strict=True, table=table)  # [(s, m), (t, r)]
     reach = torch.cat(
         [
             (Edir * rho_end[..., None]).movedim(-1, -2).reshape(N, nc, L * M, C),
-            decayed(Edir, d, G, strict=False),
+            decayed(Edir, d, G, strict=False, table=table),
         ],
         dim=-1,
     )  # [(s, m), C + (t, o)]

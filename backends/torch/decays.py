@@ -87,7 +87,13 @@ def _within_blocks(
     return D.reshape(*batch, l * a, l * b), reach.movedim(0, -3), torch.stack(prefix, dim=-2)
 
 
-def decayed(left: torch.Tensor, d: torch.Tensor, right: torch.Tensor, strict: bool) -> torch.Tensor:
+def decayed(
+    left: torch.Tensor,
+    d: torch.Tensor,
+    right: torch.Tensor,
+    strict: bool,
+    table: torch.Tensor | None = None,
+) -> torch.Tensor:
     """D[..., (s, a), (t, b)] = sum_c left[..., s, c, a] * rho[..., s, t, c] * right[..., t, c, b]
     for steps s, t in 1..L of a chunk: what step s's write (right factor `left`) gives
     at step t through `right`, decayed from s to t, laid out as a matrix from (s, a) to
@@ -117,7 +123,9 @@ def decayed(left: torch.Tensor, d: torch.Tensor, right: torch.Tensor, strict: bo
     if a == 0 or b == 0:  # nothing read (rank 0) or nothing written: no table to build
         return torch.zeros((*lead, L * a, L * b), dtype=left.dtype, device=left.device)
     if d.shape[-1] == 1:  # a scalar decay: one matrix product, then the decays
-        rho = segment_products(d)  # [..., L+1, L+1, 1] over positions 0..L
+        # [..., L+1, L+1, 1] over positions 0..L (`table`: segment_products(d), made once
+        # by a caller that needs both the strict and the inclusive D)
+        rho = segment_products(d) if table is None else table
         rho = rho[..., :L, 1:, 0] if strict else rho[..., 1:, 1:, 0]  # [t, s]
         rows = left.movedim(-1, -2).reshape(*lead, L * a, C)
         cols = right.movedim(-3, -2).reshape(*lead, C, L * b)
