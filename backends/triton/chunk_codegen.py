@@ -16,17 +16,17 @@ printed by `tile.TileEmitter`, one line per op):
                      S <- S * prod_s d_s + sum_s y_s^T (e_s * prod_{k>s} d_k)
                  stored as it enters every chunk of NSUB sub-blocks (fp32: the state
                  the outputs restart from), and at the end.
-  chunk_outputs  one program per (batch x head, sub-block, block of rows): its
-                 outputs from the state entering its chunk and the steps before it in
-                 the chunk, rho(t, s) = prod_{s<k<=t} d_k factored as
-                     prefix(t) * (the sub-blocks between) * suffix(s)
-                 (one matrix product per earlier sub-block), and within the sub-block
-                 a masked cumulative product per source step.
+  chunk_outputs  one program per (batch x head, chunk, block of rows), its sub-blocks
+                 in turn: each output from the state at its sub-block's start (the
+                 entering state carried as in chunk_states) decayed by prefix(t), plus
+                 its own sub-block's writes (for a scalar decay a [BLOCK_T, BLOCK_T]
+                 table of segment products, else a masked cumulative product per
+                 source step). The entering state and every input are read once.
 
 Every rho is a product of decays, never a quotient or an exponential of log sums:
 decays of 0, negative ones and runs that underflow stay exact, as on the torch path.
-Suffix products come from a forward scan over a sub-block loaded in reversed time
-order (`_all_but_last`): no reversed scan, whose combine order a backend might differ
+Suffix products come from a forward scan over the flipped sub-block (`tl.flip`,
+`_all_but_last`): no reversed scan, whose combine order a backend might differ
 on. Matrix products run at IEEE precision (no TF32). Forward only: the backward
 lands in a later step (calls that need gradients run the torch path).
 """
@@ -252,31 +252,66 @@ class _Writer:
         full = f"({value} + tl.zeros([{', '.join(shape3)}], DTYPE))"
         return f"tl.reshape({full}, [{self.BT}, {width}])"
 
-    def _source_block(self, start: str, names: dict[str, str]) -> list[str]:
-        """A sub-block of sources from step `start`, loaded in reversed time order:
-        d_s, e_m, y_m (padded steps and lanes: the identity), its suffix products
-        suffix[s] = prod_{k > s} d_k within the sub-block, and its total product."""
+    def _prelude(self, name: str, extra: list[str], doc: str, ids: list[str]):
+        """A kernel's signature, docstring, program ids (`ids`: i_n first, i_r last),
+        lanes and params: (lines, the params' names)."""
+        lines = self._signature(name, extra) + [f'    """{doc}"""']
+        meaning = {"i_n": "batch x head", "i_c": "chunk", "i_r": "block of rows"}
+        lines += [f"    {v} = tl.program_id({k})  # {meaning[v]}" for k, v in enumerate(ids)]
+        lines += ["    i_b = i_n // H", "    i_h = i_n % H", *self._axes("i_r")]
+        params, names = self._params()
+        return lines + params, names
+
+    def _sub_block(
+        self, start: str, names: dict[str, str], probes=(), comment: bool = False
+    ) -> list[str]:
+        """The sub-block of steps from `start`, in time order: d_t, e{m}_t, y{m}_t,
+        z{m}_{j}_t (companions), p{o} (`probes`), with padded steps and lanes made the
+        identity. `names` gains its inputs and lets, for the outputs to reuse."""
         L, plan = self.layout, self.plan
         lines = [
-            f"    {L.offsets(TIME)} = {start} + ({self.BT} - 1 - tl.arange(0, {self.BT}))"
-            "  # reversed: row r is step start + BLOCK_T - 1 - r",
+            f"    {L.offsets(TIME)} = {start} + tl.arange(0, {self.BT})",
             f"    {L.mask(TIME)} = {L.offsets(TIME)} < T",
         ]
-        exprs: dict[str, Expr | None] = {"d_s": plan.decay}
+        exprs: dict[str, Expr | None] = {"d_t": plan.decay}
         for m, w in enumerate(plan.writes):
-            exprs[f"e{m}_s"] = w.direction
-            exprs[f"y{m}_s"] = w.inject
-            for j, c in enumerate(plan.companions):
-                exprs[f"z{m}_{j}_s"] = c.scales[m]
-        lines.append(f"    # decay d and writes y e^T of {self._update_line()}")
-        lines += self._coefficients(exprs, dict(names))
-        lines += self._identity_on_padding("_s")
-        lines += [
-            "    # prod_{k > s} d_k: over the rows before r in reversed order",
-            "    ones = tl.full(d_s.shape, 1.0, DTYPE)",
-            "    _, suffix = tl.associative_scan((d_s, ones), 0, _all_but_last)",
-            "    total = tl.reduce(d_s, 0, _product, keep_dims=True)",
+            exprs[f"e{m}_t"] = w.direction
+            exprs[f"y{m}_t"] = w.inject
+            for j, comp in enumerate(plan.companions):
+                exprs[f"z{m}_{j}_t"] = comp.scales[m]
+        for o, p in enumerate(probes):
+            exprs[f"p{o}"] = p.probe
+        if comment:
+            what = "writes y e^T and probes p" if probes else "writes y e^T"
+            lines.append(f"    # decay d, {what} of {self._update_line()}")
+        lines += self._coefficients(exprs, names)
+        lines += self._identity_on_padding("_t")
+        for o in range(len(probes)):
+            lines.append(f"    p{o} = tl.where({L.mask(self.cols)}[None, :], p{o}, 0.0)")
+        return lines
+
+    def _carry(self) -> list[str]:
+        """The state (and companions) carried over the sub-block: S <- S * prod_s d_s +
+        sum_s y_s^T (e_s * prod_(k > s) d_k), products only."""
+        lines = [
+            "    total = tl.reduce(d_t, 0, _product, keep_dims=True)  # [1, cols or 1]",
+            "    _, suffix = tl.associative_scan(",
+            "        (tl.flip(d_t, 0), tl.full(d_t.shape, 1.0, DTYPE)), 0, _all_but_last",
+            "    )",
+            "    suffix = tl.flip(suffix, 0)  # prod_(k > s) d_k within the sub-block",
+            "    S = S * total",
         ]
+        J = len(self.plan.companions)
+        lines += [f"    n{j} = n{j} * total" for j in range(J)]
+        for m in range(len(self.plan.writes)):
+            lines.append(
+                f'    S += tl.dot(tl.trans(y{m}_t), e{m}_t * suffix, input_precision="ieee")'
+                f"  # write {m}, decayed to the sub-block's end"
+            )
+            lines += [
+                f"    n{j} += tl.sum(z{m}_{j}_t * e{m}_t * suffix, axis=0, keep_dims=True)"
+                for j in range(J)
+            ]
         return lines
 
     def _identity_on_padding(self, tag: str) -> list[str]:
@@ -358,31 +393,24 @@ class _Writer:
     # ---- the kernels ----
     def states_kernel(self) -> list[str]:
         plan = self.plan
-        companions = ["N0_ptr", "entering_n_ptr", "final_n_ptr"] if plan.companions else []
-        lines = self._signature(
-            "chunk_states", ["S0_ptr", "entering_ptr", "final_ptr", *companions]
-        )
-        lines += [
-            '    """The state entering every chunk (entering[n, c]) and the final one."""',
-            "    i_n = tl.program_id(0)  # batch x head",
-            "    i_r = tl.program_id(1)  # block of rows",
-            "    i_b = i_n // H",
-            "    i_h = i_n % H",
-        ]
-        lines += self._axes("i_r")
-        params, names = self._params()
-        lines += params
-        index, mask = self._state_index()
-        lines += [
-            f"    S = tl.load(S0_ptr + i_n * R * C + {index}, mask={mask}, other=0.0).to(DTYPE)",
-        ]
         J = len(plan.companions)
+        companions = ["N0_ptr", "entering_n_ptr", "final_n_ptr"] if J else []
+        lines, names = self._prelude(
+            "chunk_states",
+            ["S0_ptr", "entering_ptr", "final_ptr", *companions],
+            "The state entering every chunk (entering[n, c]) and the final one.",
+            ["i_n", "i_r"],
+        )
+        index, mask = self._state_index()
         cols = f"{self.layout.offsets(self.cols)}[None, :]"
         col_mask = f"{self.layout.mask(self.cols)}[None, :]"
+        lines.append(
+            f"    S = tl.load(S0_ptr + i_n * R * C + {index}, mask={mask}, other=0.0).to(DTYPE)"
+        )
         for j, c in enumerate(plan.companions):
             lines.append(
                 f"    n{j} = tl.load(N0_ptr + (i_n * {J} + {j}) * C + {cols}, "
-                f"mask={self.layout.mask(self.cols)}[None, :], other=0.0).to(DTYPE)"
+                f"mask={col_mask}, other=0.0).to(DTYPE)"
                 f"  # companion {c.state}: one more row of {plan.state}"
             )
         lines += [
@@ -398,19 +426,7 @@ class _Writer:
                 f"                tl.store(entering_n_ptr + ((i_n * NC + i_g // NSUB) * {J} + {j})"
                 f" * C + {cols}, n{j}, mask={col_mask})"
             )
-        body = self._source_block(f"i_g * {self.BT}", names)
-        body.append("    S = S * total  # every step's decay (total: [1, cols or 1])")
-        for j in range(J):
-            body.append(f"    n{j} = n{j} * total")
-        for m in range(len(plan.writes)):
-            body.append(
-                f'    S += tl.dot(tl.trans(y{m}_s), e{m}_s * suffix, input_precision="ieee")'
-                f"  # write {m}, decayed to the sub-block's end"
-            )
-            for j in range(J):
-                body.append(
-                    f"    n{j} += tl.sum(z{m}_{j}_s * e{m}_s * suffix, axis=0, keep_dims=True)"
-                )
+        body = self._sub_block(f"i_g * {self.BT}", dict(names), comment=True) + self._carry()
         lines += [f"    {line}" for line in body]
         lines.append(f"    tl.store(final_ptr + i_n * R * C + {index}, S, mask={mask})")
         if J:
@@ -436,18 +452,12 @@ class _Writer:
         M = len(plan.writes)
         outs = list(self.out_ptr.values())
         companions = ["entering_n_ptr"] if J else []
-        lines = self._signature("chunk_outputs", ["entering_ptr", *companions, *outs])
-        lines += [
-            '    """The outputs of one chunk (NSUB sub-blocks of BLOCK_T steps)."""',
-            "    i_n = tl.program_id(0)  # batch x head",
-            "    i_c = tl.program_id(1)  # chunk",
-            "    i_r = tl.program_id(2)  # block of rows",
-            "    i_b = i_n // H",
-            "    i_h = i_n % H",
-        ]
-        lines += self._axes("i_r")
-        params, names = self._params()
-        lines += params
+        lines, names = self._prelude(
+            "chunk_outputs",
+            ["entering_ptr", *companions, *outs],
+            "The outputs of one chunk (NSUB sub-blocks of BLOCK_T steps).",
+            ["i_n", "i_c", "i_r"],
+        )
         index, mask = self._state_index()
         cols = f"{L.offsets(self.cols)}[None, :]"
         c = f"{L.mask(self.cols)}[None, :]"
@@ -465,25 +475,10 @@ class _Writer:
             f"    steps = tl.arange(0, {self.BT})",
             "    for i_i in range(0, NSUB):  # the chunk's sub-blocks, in order",
         ]
-        body = [
-            f"    {L.offsets(TIME)} = (i_c * NSUB + i_i) * {self.BT} + tl.arange(0, {self.BT})",
-            f"    {L.mask(TIME)} = {L.offsets(TIME)} < T",
-        ]
-        exprs: dict[str, Expr | None] = {"d_t": plan.decay}
-        for m, w in enumerate(plan.writes):
-            exprs[f"e{m}_t"] = w.direction
-            exprs[f"y{m}_t"] = w.inject
-            for j, comp in enumerate(plan.companions):
-                exprs[f"z{m}_{j}_t"] = comp.scales[m]
-        for o, p in enumerate(probes):
-            exprs[f"p{o}"] = p.probe
-        body.append(f"    # decay d, writes y e^T and probes p of {self._update_line()}")
         here = dict(names)
-        body += self._coefficients(exprs, here)
-        body += self._identity_on_padding("_t")
+        body = self._sub_block(f"(i_c * NSUB + i_i) * {self.BT}", here, probes, comment=True)
         for o in range(len(probes)):
             width = f"[{self.BT}, {self.BR}]" if row_of[o] is None else f"[{self.BT}]"
-            body.append(f"    p{o} = tl.where({c}, p{o}, 0.0)")
             body.append(f"    acc{o} = tl.zeros({width}, DTYPE)")
         body += [
             "    prefix = tl.cumprod(d_t, axis=0)  # prod_(start <= k <= t) d_k",
@@ -518,24 +513,6 @@ class _Writer:
             body.append(
                 f"    tl.store({self.out_ptr[r.name]} + {out_offset}, {value}, mask={out_mask})"
             )
-        body += [
-            "    # the state carried to the next sub-block's start (as in chunk_states)",
-            "    total = tl.reduce(d_t, 0, _product, keep_dims=True)",
-            "    _, suffix = tl.associative_scan(",
-            "        (tl.flip(d_t, 0), tl.full(d_t.shape, 1.0, DTYPE)), 0, _all_but_last",
-            "    )",
-            "    suffix = tl.flip(suffix, 0)  # prod_(k > s) d_k within the sub-block",
-            "    S = S * total",
-        ]
-        for j in range(J):
-            body.append(f"    n{j} = n{j} * total")
-        for m in range(M):
-            body.append(
-                f'    S += tl.dot(tl.trans(y{m}_t), e{m}_t * suffix, input_precision="ieee")'
-            )
-            for j in range(J):
-                body.append(
-                    f"    n{j} += tl.sum(z{m}_{j}_t * e{m}_t * suffix, axis=0, keep_dims=True)"
-                )
+        body += ["    # the state carried to the next sub-block's start", *self._carry()]
         lines += [f"    {line}" for line in body]
         return lines
