@@ -72,6 +72,9 @@ from recc.signature import bind  # noqa: E402
 from recc.testing.triton_interpreter import install_fast_scan  # noqa: E402
 from recc.testing.triton_traffic import Traffic, count_traffic  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chunkwise import gla_inputs  # noqa: E402  (the same GLA inputs as the timing benchmark)
+
 F = torch.nn.functional
 
 # The single-config autotuner that replaces fla's (written into the copy as
@@ -184,15 +187,6 @@ class Model:
     spec: str
     inputs: Callable[..., dict]  # (B, T, H, K, V, generator) -> recc's tensors by name
     peers: Callable[[dict, torch.Tensor], dict]  # (tensors, h0) -> {label: fla forward}
-
-
-def gla_inputs(B, T, H, K, V, g) -> dict:
-    return {
-        "q": torch.randn(B, T, H, K, generator=g) * K**-0.5,
-        "k": torch.randn(B, T, H, K, generator=g) * K**-0.5,
-        "v": torch.randn(B, T, H, V, generator=g),
-        "gk": F.logsigmoid(torch.randn(B, T, H, K, generator=g) + 3.0),
-    }
 
 
 def retnet_inputs(B, T, H, K, V, g) -> dict:
