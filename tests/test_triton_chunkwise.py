@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import recc
 from recc.analysis import analyze
@@ -22,8 +24,9 @@ from recc.errors import RecError
 from recc.ir import load
 from recc.lowering import plan
 from recc.signature import bind
-from recc.testing.agree import disagreements
+from recc.testing.agree import disagreements, interpreter_results
 from recc.testing.regimes import INTEGERS, regimes_for
+from tests.helpers.profiles import SLOW
 
 if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):  # pragma: no cover - conftest sets it
     pytest.skip("Triton kernels need TRITON_INTERPRET=1 here (no GPU)", allow_module_level=True)
@@ -208,3 +211,41 @@ def test_counted_bytes_and_flops_are_what_explain_computes(name):
             found.bytes_written,
             found.dot_flops,
         ), (name, T)
+
+
+@settings(SLOW, max_examples=12, deadline=None)
+@given(case=st.data())
+def test_drawn_matrix_state_specs_run_as_the_interpreter(case):
+    """hypothesis-drawn decayed matrix states (decay over either dim or scalar, either
+    orientation of the readout, transposes that cancel): the chunkwise kernels against
+    the interpreter, where the spec has a chunkwise form the kernels take."""
+    from recc.backends.triton.chunk_codegen import Unsupported
+    from recc.testing.strategies import matrix_state_spec
+
+    source, _ = case.draw(matrix_state_spec())
+    rec = load(source)
+    a = analyze(rec)
+    lowering = plan(rec, a)
+    assume(lowering.chunk is not None)
+    try:
+        kernel = ChunkKernel(lowering.chunk)
+    except Unsupported:
+        assume(False)
+    regime = case.draw(st.sampled_from(REGIMES), label="regime")
+    T = case.draw(st.sampled_from([1, 15, 40]), label="T")
+    L = case.draw(st.sampled_from([16, 32]), label="L")
+    seed = case.draw(st.integers(0, 2**16), label="seed")
+    tensors, init = regime.call(rec, T, seed=seed, heads=case.draw(st.sampled_from([None, 2])))
+    reference = interpreter_results(rec, a, tensors, init, seed, gradients=False)
+    found = disagreements(
+        rec,
+        a,
+        _executor(rec, kernel, L),
+        tensors,
+        init,
+        seed,
+        reference,
+        regime.overflows,
+        gradients=False,
+    )
+    assert not found, f"[{regime.name}, T={T}, L={L}]: " + "; ".join(map(str, found))

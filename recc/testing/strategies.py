@@ -407,6 +407,15 @@ def diagonal_spec(draw) -> tuple[str, Expected]:
 
 
 @st.composite
+def matrix_state_spec(draw) -> tuple[str, Expected]:
+    """One decayed matrix state written by outer products and read out linearly (the
+    shapes of GLA, RetNet, Mamba2): the diagonal class's chunkwise form."""
+    spec = draw(_new_spec("diagonal"))
+    variant = draw(_diag_matrix(spec))
+    return spec.render(draw), Expected("diagonal", "diagonal", variant=variant)
+
+
+@st.composite
 def _partial_block_spec(draw, spec: _Spec) -> tuple[str, Expected]:
     """States coupled channel by channel with some couplings absent: a triangle, a swap
     (no diagonal at all), or three states in a cycle. The generated scans keep only the
