@@ -198,3 +198,30 @@ def test_well_conditioned_tells_an_undetermined_call_from_a_determined_one():
         tensors, init = regime.call(rec, T, seed=seed, heads=2)
         reference = interpreter_results(rec, a, tensors, init, seed)
         assert well_conditioned(rec, a, tensors, init, reference, seed) is expected, regime.name
+
+
+# Drawn by tests/test_backend_properties.py (saturating regime, T=5, seed 2087): at
+# step 3 max(h + a, c) ties exactly in the loop's order (h = c + x, a = -x), while
+# Triton's tanh differs from torch's by one ulp in c, so the two route the gradient of
+# lambda differently (-0.19 against 0).
+ROUNDING_TIE = """recurrence update_rule {
+  dims D
+  input H[D], lambda, _log1p[D]
+  state torch[D] = -inf
+  let _log_sigmoid = 0.5 * (0.9 * lambda) + tanh(lambda * H)
+  let exp_g6 = torch + _log_sigmoid
+  update torch = max(exp_g6, (0.5 * (((0.5 * D)) + exp(-1)) + tanh(3.5 * ((0.5 * D)))))
+  output torch
+}
+"""
+
+
+def test_a_tie_by_rounding_is_not_well_conditioned():
+    from recc.testing.agree import interpreter_results, well_conditioned
+    from recc.testing.regimes import SATURATING
+
+    rec = load(ROUNDING_TIE)
+    a = analyze(rec)
+    tensors, init = SATURATING.call(rec, 5, seed=2087, heads=2)
+    reference = interpreter_results(rec, a, tensors, init, 2087)
+    assert not well_conditioned(rec, a, tensors, init, reference, 2087)

@@ -342,27 +342,34 @@ def well_conditioned(
 ) -> bool:
     """Whether the interpreter's own results for this call are determined to a
     `margin`-th of agree's tolerance: rerun with every input, param and initial state
-    perturbed by one rounding unit (relative, random sign; two draws), the results and
-    gradients must agree with `reference` to TOLERANCE / margin.
+    perturbed by one rounding unit (relative, random signs, then the opposite ones), the
+    results and gradients must agree with `reference` to TOLERANCE / margin.
 
     A call that fails this is ill-conditioned (an expansive, non-normal product of
-    maps: the state grows to 1e130 in 37 steps), and no evaluation order is more
-    right than another to within the tolerance: the loop's own answer moves more
-    under a one-ulp change of its inputs than the tolerance allows. Property tests
+    maps: the state grows to 1e130 in 37 steps; or a max whose operands tie by a
+    coincidence of rounding, whose gradient's routing one ulp decides), and no
+    evaluation order is more right than another to within the tolerance: the loop's
+    own answer moves more under a one-ulp change of its inputs than the tolerance
+    allows. Property tests
     over drawn specs set such calls aside (`hypothesis.assume`) instead of judging
     them."""
     dtype = next(iter(tensors.values())).dtype
     tolerance = TOLERANCE.get(dtype, 1e-2) / margin
     unit = torch.finfo(dtype).eps
     g = torch.Generator().manual_seed(seed + 7919)
+    signs = {
+        k: torch.randint(0, 2, v.shape, generator=g).to(v.dtype) * 2 - 1
+        for k, v in {**tensors, **{("init", k): v for k, v in init.items()}}.items()
+    }
 
-    def nudged(x: torch.Tensor) -> torch.Tensor:
-        sign = torch.randint(0, 2, x.shape, generator=g).to(x.dtype) * 2 - 1
-        return x * (1 + unit * sign)
+    def nudged(key, x: torch.Tensor, direction: float) -> torch.Tensor:
+        return x * (1 + unit * direction * signs[key])
 
-    for _ in range(2):
-        moved_tensors = {k: nudged(v) for k, v in tensors.items()}
-        moved_init = {k: nudged(v) for k, v in init.items()}
+    # one nudge and its opposite: a quantity the call compares (a max's operands that
+    # tie) moves one way in one of them, so a routing that hangs on it flips
+    for direction in (1.0, -1.0):
+        moved_tensors = {k: nudged(k, v, direction) for k, v in tensors.items()}
+        moved_init = {k: nudged(("init", k), v, direction) for k, v in init.items()}
         moved = interpreter_results(rec, analysis, moved_tensors, moved_init, seed)
         for (what, ref), (_, got) in zip(reference, moved):
             if compare(what, ref, got, tolerance, singular=what.startswith("gradient")):
