@@ -63,6 +63,11 @@ class CompiledRecurrence:
                     f"backend '{backend}' cannot run '{spec.name}': {reason}",
                     hint=f"use backend='auto' or one of: {', '.join(self.accepted())}",
                 )
+        if torch_compile and backend not in ("auto", "torch"):
+            raise RecError(
+                f"torch_compile=True needs the torch backend; backend='{backend}' was asked for",
+                hint="use backend='torch' (or 'auto'), or leave torch_compile off",
+            )
         if torch_compile:
             reason = backend_named("torch").supports(self.plan)
             if reason is not None:
@@ -162,21 +167,24 @@ def compile(  # noqa: A001
 
     `backend`: "auto" (per call, the first backend of `recc.backends.registry`
     that accepts the spec and the tensors' device: "triton" on CUDA for
-    diagonal and MinMax specs, "torch" elsewhere, "interpreter" for the classes
-    without a lowering yet; `recc explain` lists each backend's answer),
-    "triton" (generated kernels; CUDA, or CPU under TRITON_INTERPRET=1),
-    "torch" (the chunked scan, any device) or "interpreter" (the reference).
+    diagonal and MinMax specs, "torch" elsewhere; `recc explain` lists each
+    backend's answer), "triton" (generated kernels; CUDA, or CPU under
+    TRITON_INTERPRET=1), "torch" (the chunked scan, the chunkwise algorithm or
+    the sequential loop; any device) or "interpreter" (the reference).
 
     `torch_compile=True` runs the torch backend's scan under `torch.compile`
     (inductor): its few hundred small ops fuse into a few loops (on this
     project's 2-core CPU 1.5-1.7x faster forward, ~2x forward+backward; see
     docs/scan-lowering.md), after a compile of seconds to tens of seconds on
     the first call with each new input shape (and again on the first backward).
+    For a sequential loop (nonlinear specs) it compiles the loop's step.
 
     `strategy`: "auto" (the class's algorithm; a matrix state read out linearly,
     GLA, RetNet or Mamba2, has both a scan and a chunkwise form, and the torch
     backend picks by sequence length: `recc explain` prints the rule), "scan" or
-    "chunkwise" (that form only; an error if the spec has none).
+    "chunkwise" (that form only; an error if the spec has none), or "sequential"
+    (the step loop with its state-free work hoisted, which every spec has; what a
+    nonlinear spec runs).
     """
     if backend not in BACKENDS:
         raise RecError(f"unknown backend '{backend}'", hint=f"choose one of: {', '.join(BACKENDS)}")

@@ -20,9 +20,11 @@ import functools
 import math
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+import recc
 from recc.interpreter import run
 from recc.ir import Recurrence, load
 from recc.signature import bind
@@ -38,9 +40,20 @@ def spec(name: str) -> Recurrence:
     return load(SPECS / f"{name}.rec")
 
 
-def run_spec(name: str, tensors: dict, initial_state: dict | None = None):
+def run_spec(name: str, tensors: dict, initial_state: dict | None = None, engine="interpreter"):
+    """(outputs, finals) of the zoo spec `name`: on the interpreter, or through
+    `recc.compile(..., backend=engine)`."""
     rec = spec(name)
-    return run(rec, bind(rec, tensors, initial_state))
+    if engine == "interpreter":
+        return run(rec, bind(rec, tensors, initial_state))
+    fn = recc.compile(SPECS / f"{name}.rec", backend=engine)
+    values, states = fn(**tensors, initial_state=initial_state, output_final_state=True)
+    values = values if len(rec.outputs) > 1 else (values,)
+    states = states if len(rec.states) > 1 else (states,)
+    return (
+        {o.name: v for o, v in zip(rec.outputs, values)},
+        {s.name: v for s, v in zip(rec.states, states)},
+    )
 
 
 def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
@@ -65,6 +78,10 @@ def assert_match(pairs: list[tuple[str, torch.Tensor, torch.Tensor]], leaves: li
 # ---------------------------------------------------------------- torch.nn oracles
 
 
+# The interpreter, and the torch backend's sequential loop (what these specs run).
+NN_ENGINES = pytest.mark.parametrize("engine", ["interpreter", "torch"])
+
+
 def _reinit(module: torch.nn.Module) -> None:
     """Weights larger than torch's default init, so the nonlinearities are exercised."""
     with torch.no_grad():
@@ -72,7 +89,8 @@ def _reinit(module: torch.nn.Module) -> None:
             p.normal_(0.0, 0.6)
 
 
-def test_gru_equals_torch_nn_gru() -> None:
+@NN_ENGINES
+def test_gru_equals_torch_nn_gru(engine: str) -> None:
     B, T, I, D = 2, 7, 3, 4  # noqa: N806
     gru = torch.nn.GRU(I, D, batch_first=True, dtype=DTYPE)
     _reinit(gru)
@@ -87,14 +105,15 @@ def test_gru_equals_torch_nn_gru() -> None:
         W_ir=w_ir, W_iz=w_iz, W_in=w_in, W_hr=w_hr, W_hz=w_hz, W_hn=w_hn,
         b_ir=b_ir, b_iz=b_iz, b_in=b_in, b_hr=b_hr, b_hz=b_hz, b_hn=b_hn,
     )  # fmt: skip
-    outs, finals = run_spec("gru", tensors, {"h": h0[0]})
+    outs, finals = run_spec("gru", tensors, {"h": h0[0]}, engine=engine)
     assert_match(
         [("output h", outs["h"], y), ("final h", finals["h"], hn[0])],
         [x, h0, *gru.parameters()],
     )
 
 
-def test_lstm_equals_torch_nn_lstm() -> None:
+@NN_ENGINES
+def test_lstm_equals_torch_nn_lstm(engine: str) -> None:
     B, T, I, D = 2, 7, 3, 4  # noqa: N806
     lstm = torch.nn.LSTM(I, D, batch_first=True, dtype=DTYPE)
     _reinit(lstm)
@@ -109,7 +128,7 @@ def test_lstm_equals_torch_nn_lstm() -> None:
         lstm.bias_hh_l0.chunk(4),
     ):
         tensors.update({f"W_i{gate}": w_i, f"W_h{gate}": w_h, f"b_i{gate}": b_i, f"b_h{gate}": b_h})
-    outs, finals = run_spec("lstm", tensors, {"h": h0[0], "c": c0[0]})
+    outs, finals = run_spec("lstm", tensors, {"h": h0[0], "c": c0[0]}, engine=engine)
     assert_match(
         [
             ("output h", outs["h"], y),
@@ -120,7 +139,8 @@ def test_lstm_equals_torch_nn_lstm() -> None:
     )
 
 
-def test_elman_equals_torch_nn_rnn() -> None:
+@NN_ENGINES
+def test_elman_equals_torch_nn_rnn(engine: str) -> None:
     B, T, I, D = 2, 7, 3, 4  # noqa: N806
     rnn = torch.nn.RNN(I, D, nonlinearity="tanh", batch_first=True, dtype=DTYPE)
     _reinit(rnn)
@@ -129,14 +149,15 @@ def test_elman_equals_torch_nn_rnn() -> None:
     tensors = dict(
         x=x, W_ih=rnn.weight_ih_l0, W_hh=rnn.weight_hh_l0, b_ih=rnn.bias_ih_l0, b_hh=rnn.bias_hh_l0
     )
-    outs, finals = run_spec("elman", tensors, {"h": h0[0]})
+    outs, finals = run_spec("elman", tensors, {"h": h0[0]}, engine=engine)
     assert_match(
         [("output h", outs["h"], y), ("final h", finals["h"], hn[0])],
         [x, h0, *rnn.parameters()],
     )
 
 
-def test_elman_default_initial_state_is_zero() -> None:
+@NN_ENGINES
+def test_elman_default_initial_state_is_zero(engine: str) -> None:
     B, T, I, D = 2, 5, 3, 4  # noqa: N806
     rnn = torch.nn.RNN(I, D, batch_first=True, dtype=DTYPE)
     x = rand(B, T, I)
@@ -144,7 +165,7 @@ def test_elman_default_initial_state_is_zero() -> None:
     tensors = dict(
         x=x, W_ih=rnn.weight_ih_l0, W_hh=rnn.weight_hh_l0, b_ih=rnn.bias_ih_l0, b_hh=rnn.bias_hh_l0
     )
-    outs, finals = run_spec("elman", tensors)
+    outs, finals = run_spec("elman", tensors, engine=engine)
     assert_match([("output h", outs["h"], y), ("final h", finals["h"], hn[0])], [x])
 
 

@@ -63,17 +63,16 @@ def test_auto_runs_the_first_backend_that_accepts_the_device(path: Path) -> None
         first = next(b for b in REGISTRY if b.supports(fn.plan, device, auto=True) is None)
         assert fn.backend_for(device) == first.name
     scan = fn.plan.algorithm == "scan"
-    chunkwise = fn.plan.chunk is not None  # torch runs it; no Triton chunk kernels yet
-    assert fn.backend_for(CPU) == ("torch" if scan or chunkwise else REFERENCE.name)
-    cuda = "triton" if scan else "torch" if chunkwise else REFERENCE.name
-    assert fn.backend_for(CUDA) == cuda
+    # torch runs the chunkwise form and the sequential loop; Triton neither yet
+    assert fn.backend_for(CPU) == "torch"
+    assert fn.backend_for(CUDA) == ("triton" if scan else "torch")
 
 
 def test_a_declined_backend_says_why_and_what_runs_instead() -> None:
     with pytest.raises(RecError) as err:
-        recc.compile(Path(SPECS[0]).parent / "gru.rec", backend="torch")
-    assert "no torch lowering of the newton algorithm yet (nonlinear class)" in str(err.value)
-    assert "use backend='auto' or one of: interpreter" in str(err.value)
+        recc.compile(Path(SPECS[0]).parent / "gru.rec", backend="triton")
+    assert "no Triton kernel for the sequential algorithm yet (nonlinear class)" in str(err.value)
+    assert "use backend='auto' or one of: torch, interpreter" in str(err.value)
 
 
 def test_a_backend_that_declines_the_device_says_so_at_the_call() -> None:

@@ -96,7 +96,7 @@ def test_every_compiled_recurrence_gets_its_own_graphs():
 
 def test_torch_compile_needs_the_torch_backend():
     with pytest.raises(RecError, match="torch_compile=True needs the torch backend"):
-        recc.compile(SPECS[0].parent / "gru.rec", torch_compile=True)
+        recc.compile(SPECS[0].parent / "gru.rec", backend="interpreter", torch_compile=True)
 
 
 def test_torch_compile_must_be_a_bool():
@@ -104,15 +104,37 @@ def test_torch_compile_must_be_a_bool():
         recc.compile(SPECS[0].parent / "mingru.rec", torch_compile="yes")
 
 
-def test_a_failing_torch_compile_is_a_clear_error(monkeypatch):
+def test_a_failing_torch_compile_is_a_clear_error():
     """torch.compile's own failure (here: no C++ compiler) reaches the user as a RecError."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    # inductor's own patch: monkeypatch's undo leaves its config without the key
+    no_compiler = inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False})
     path = SPECS[0].parent / "mingru.rec"
     fn = recc.compile(path, backend="torch", torch_compile=True)
     tensors, _ = random_call(load(path), positive=True, T=3, B=1)
-    with pytest.raises(RecError, match="torch.compile failed for 'mingru'") as err:
+    with no_compiler, pytest.raises(RecError, match="torch.compile failed for 'mingru'") as err:
         fn(**tensors)
     assert "torch_compile=False" in str(err.value)
+
+
+def test_compiled_sequential_loop_matches_interpreter():
+    """A nonlinear spec's loop with its step under torch.compile: values, final
+    states and gradients as the interpreter's."""
+    from torch._dynamo.utils import counters
+
+    rec = load(SPECS[0].parent / "gru.rec")
+    tensors, init = random_call(rec, positive=False, T=5, seed=4)
+    before = counters["stats"]["unique_graphs"]
+    found = disagreements(
+        rec,
+        analyze(rec),
+        "torch",
+        tensors,
+        init,
+        options=Options(torch_compile=True),
+        elementwise=(FP64["rtol"], FP64["atol"]),
+        finite=True,
+    )
+    assert not found, "; ".join(map(str, found))
+    assert counters["stats"]["unique_graphs"] > before  # the step ran under torch.compile

@@ -13,7 +13,7 @@ from recc.backends.protocol import Call, Options
 from recc.backends.sequences import per_sequence
 from recc.backends.torch.chunkwise import run_chunkwise
 from recc.backends.torch.scan import run_scan
-from recc.lowering import CHUNKWISE, LoweringPlan
+from recc.lowering import CHUNKWISE, SEQUENTIAL, LoweringPlan
 
 # A matrix state with both a scan and a chunkwise form (GLA, RetNet, Mamba2, unless
 # `strategy=` keeps one): the scan for sequences shorter than this, chunkwise from it.
@@ -24,14 +24,17 @@ CHUNKWISE_FROM_T = 64
 class TorchBackend:
     name = "torch"
     summary = (
-        "the chunked scan, or the chunkwise algorithm for matrix states, in torch; "
-        "any device (torch_compile=True fuses the scan)"
+        "the chunked scan, the chunkwise algorithm for matrix states, or the step loop "
+        "with its state-free work hoisted, in torch; any device (torch_compile=True fuses "
+        "the scan, or the loop's step)"
     )
     builds = False
 
     def supports(
         self, plan: LoweringPlan, device: torch.device | None = None, auto: bool = False
     ) -> str | None:
+        if plan.algorithm == SEQUENTIAL:
+            return None
         if plan.algorithm == CHUNKWISE:
             if plan.chunk is None:
                 return f"the chunkwise algorithm cannot take this spec: {plan.no_chunk_plan}"
@@ -42,6 +45,11 @@ class TorchBackend:
 
     def prepare(self, plan: LoweringPlan, options: Options):
         chunk, scan = plan.chunk, plan.scan
+        if plan.sequential is not None:
+            from recc.backends.torch.sequential import SequentialLoop
+
+            loop = SequentialLoop(plan.sequential, compiled=options.torch_compile)
+            return lambda call: loop(call.bound)
         if scan is None:
             assert chunk is not None, plan.algorithm
             return lambda call: run_chunkwise(chunk, call.bound)
@@ -76,6 +84,8 @@ class TorchBackend:
         return []
 
     def notes(self, plan: LoweringPlan) -> list[str]:
+        if plan.sequential is not None:
+            return [f"the step loop: {plan.sequential.describe()}"]
         if plan.chunk is not None and plan.scan is not None:
             return [
                 f"T >= {CHUNKWISE_FROM_T}: the chunkwise algorithm (matmuls over chunks of "

@@ -15,15 +15,17 @@ from recc.analysis.forms import DIAGONAL, DPLR, MINMAX, Analysis, DiagonalForm
 from recc.ir.nodes import Recurrence
 from recc.lowering.chunk import ChunkPlan, chunk_plan
 from recc.lowering.scan import ScanPlan, scan_plan
+from recc.lowering.sequential import SequentialPlan, sequential_plan
 
 SCAN = "scan"
 CHUNKWISE = "chunkwise"
 NEWTON = "newton"
+SEQUENTIAL = "sequential"
 
 
 @dataclass(frozen=True, eq=False)
 class LoweringPlan:
-    algorithm: str  # SCAN, CHUNKWISE or NEWTON
+    algorithm: str  # SCAN, CHUNKWISE, NEWTON or SEQUENTIAL
     description: str  # one line for humans
     why: str
     spec: Recurrence
@@ -33,6 +35,8 @@ class LoweringPlan:
     # chunkwise form a backend may run instead for long sequences
     chunk: ChunkPlan | None = None
     no_chunk_plan: str = ""  # why there is no ChunkPlan (CHUNKWISE, or SCAN of a matrix)
+    # SEQUENTIAL: the step loop with its state-free work hoisted (recc.lowering.sequential)
+    sequential: SequentialPlan | None = None
     # states a linear form reads, which must start finite (checked at call time)
     finite_states: frozenset[str] = frozenset()
 
@@ -42,15 +46,28 @@ class LoweringPlan:
 
 
 AUTO = "auto"
-STRATEGIES = (AUTO, SCAN, CHUNKWISE)  # what `strategy=` takes
+STRATEGIES = (AUTO, SCAN, CHUNKWISE, SEQUENTIAL)  # what `strategy=` takes
 
 
 def plan(rec: Recurrence, analysis: Analysis, strategy: str = AUTO) -> LoweringPlan:
     """The plan for `rec`. `strategy`: AUTO (the class's algorithm, and for a matrix
     state with a linear readout both the scan and the chunkwise form, a backend
     picking by T), or SCAN / CHUNKWISE to keep only that form where the spec has it
-    (a plan without it is returned unchanged: the caller reports it)."""
+    (a plan without it is returned unchanged: the caller reports it), or SEQUENTIAL,
+    the step loop, which every spec has."""
     chosen = _plan(rec, analysis)
+    if strategy == SEQUENTIAL and chosen.algorithm != SEQUENTIAL:
+        return replace(
+            chosen,
+            algorithm=SEQUENTIAL,
+            description=_SEQUENTIAL,
+            why="strategy='sequential' was asked for",
+            scan=None,
+            chunk=None,
+            no_chunk_plan="strategy='sequential' was asked for",
+            sequential=sequential_plan(rec),
+            finite_states=frozenset(),  # the loop takes any start, as the interpreter
+        )
     if strategy == SCAN and chosen.scan is not None:
         return replace(chosen, chunk=None, no_chunk_plan="strategy='scan' was asked for")
     if strategy == CHUNKWISE and chosen.chunk is not None and chosen.algorithm == SCAN:
@@ -124,9 +141,17 @@ def _algorithm(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
         )
     structure = analysis.jacobian.describe()
     return LoweringPlan(
-        NEWTON,
-        f"Newton-parallel solver (DEER/ParaRNN) with a {structure} Jacobian; sequential fallback",
-        "no linear structure proven; each Newton iteration is one linear scan",
+        SEQUENTIAL,
+        _SEQUENTIAL,
+        f"no linear structure proven ({structure} Jacobian): no parallel form yet "
+        "(a Newton-parallel solver is planned)",
         rec,
         analysis,
+        sequential=sequential_plan(rec),
     )
+
+
+_SEQUENTIAL = (
+    "sequential loop over time; state-free work (input projections, gates of the inputs) "
+    "computed for all steps at once"
+)
