@@ -119,6 +119,34 @@ def test_strategy_sequential_for_a_diagonal_spec_and_no_scan_for_a_nonlinear_one
         recc.compile(SPECS[0].parent / "gru.rec", backend="triton")
 
 
+# A state nothing reads (here `last`) leaves only as a final state: the interpreter
+# differentiates its update at the last step alone. Hoisting that update over all
+# steps gave the earlier steps a zero cotangent times sqrt'(0) = inf: NaN in the
+# gradient of x (found by the slow property test, integers regime, T=13).
+UNREAD_STATE = """
+recurrence unread {
+  dims D
+  input x[D], y[D]
+  state h[D] = -0.5
+  state last[D] = -0.5
+  update h = -0.5 * h + log(sigmoid(x))
+  update last = -min(y, 1) * sqrt(0 * x)
+  output o = h * x
+}
+"""
+
+
+@pytest.mark.parametrize("T", [1, 13])
+def test_a_state_nothing_reads_is_differentiated_at_the_last_step_only(T):
+    rec = load(UNREAD_STATE)
+    analysis = analyze(rec)
+    tensors, init = INTEGERS.call(rec, T, seed=5888)
+    found = disagreements(rec, analysis, sequential(rec, analysis), tensors, init, seed=5888)
+    assert not found, "; ".join(map(str, found))
+    hoisted = {h.name for h in sequential_plan(rec).hoisted}
+    assert not any("sqrt" in str(h.expr) for h in sequential_plan(rec).hoisted), hoisted
+
+
 # Each example runs the interpreter, the loop and their gradients: a few in the fast
 # tier, many in the slow one.
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recc.analysis.liveness import unread_states
 from recc.ir.nodes import (
     INPUT,
     LET,
@@ -111,23 +112,53 @@ class _Hoister:
 
     def plan(self) -> SequentialPlan:
         rec = self.rec
+        # A state nothing reads matters at the last step only: the loop differentiates
+        # its update there alone. Hoisted over all steps, the steps before would enter
+        # the backward with a zero cotangent, and 0 * inf is NaN (sqrt'(0)): its update,
+        # and the lets only it needs, stay in the loop as written.
+        unread = set(unread_states(rec))
+        live = _lets_read(rec, [d.expr for d in rec.updates if d.name not in unread])
+        live |= _lets_read(rec, [d.expr for d in rec.outputs])
         lets: list[Definition] = []
         renamed: dict[str, Ref] = {}  # a hoisted let -> its name as an input or param
         for let in rec.lets:
             expr = _rename(let.expr, renamed)
-            if self.reads_state(expr):
+            if let.name not in live:
+                self.reading.add(let.name)  # never hoisted: kept, as written
+                lets.append(Definition(let.name, expr, let.span))
+            elif self.reads_state(expr):
                 self.reading.add(let.name)
                 lets.append(Definition(let.name, self.rewrite(expr), let.span))
             else:
                 renamed[let.name] = self.hoist(expr, let.name)
         updates = [
-            Definition(u.name, self.rewrite(_rename(u.expr, renamed)), u.span) for u in rec.updates
+            Definition(
+                u.name,
+                _rename(u.expr, renamed)
+                if u.name in unread
+                else self.rewrite(_rename(u.expr, renamed)),
+                u.span,
+            )
+            for u in rec.updates
         ]
         outputs = [
             Definition(o.name, self.rewrite(_rename(o.expr, renamed)), o.span) for o in rec.outputs
         ]
         step = _step_spec(rec, self.hoisted, tuple(lets), tuple(updates), tuple(outputs))
         return SequentialPlan(rec, tuple(self.hoisted), step)
+
+
+def _lets_read(rec: Recurrence, exprs: list[Expr]) -> set[str]:
+    """The lets `exprs` read, directly or through other lets."""
+    lets = {let.name: let.expr for let in rec.lets}
+    found: set[str] = set()
+    todo = list(exprs)
+    while todo:
+        for node in walk(todo.pop()):
+            if isinstance(node, Ref) and node.name in lets and node.name not in found:
+                found.add(node.name)
+                todo.append(lets[node.name])
+    return found
 
 
 def _rename(expr: Expr, renamed: dict[str, Ref]) -> Expr:
