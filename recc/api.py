@@ -17,7 +17,7 @@ from recc.backends.registry import NAMES, REGISTRY, backend_named, first_accepti
 from recc.backends.sequences import per_sequence
 from recc.errors import RecError
 from recc.ir import Recurrence, load
-from recc.lowering import AUTO, CHUNKWISE, SCAN, STRATEGIES, LoweringPlan, plan
+from recc.lowering import AUTO, CHUNKWISE, NEWTON, SCAN, STRATEGIES, LoweringPlan, plan
 from recc.report import explain
 from recc.signature import bind, initial_states
 
@@ -56,6 +56,7 @@ class CompiledRecurrence:
         self.backend = backend
         self.options = Options(torch_compile=torch_compile)
         self._executors: dict[str, Executor] = {}  # prepared on first use
+        self._last: Executor | None = None  # what ran the latest call
         if backend != "auto":
             reason = backend_named(backend).supports(self.plan)
             if reason is not None:
@@ -122,7 +123,7 @@ class CompiledRecurrence:
                 hint=f"move the tensors, or use backend='auto' or one of: {', '.join(others)}",
             )
         call = Call(bound, tensors, initial_states(self.spec, initial_state))
-        executor = self._executor(name)
+        executor = self._last = self._executor(name)
         if bound.cu_seqlens is not None and not backend_named(name).takes_packed(self.plan):
             outputs, finals = per_sequence(executor, call)
         else:
@@ -137,6 +138,13 @@ class CompiledRecurrence:
     def explain(self) -> str:
         return explain(self.plan)
 
+    @property
+    def last_stats(self) -> Any:
+        """How the latest call was solved, where its executor keeps a record (the
+        Newton solver's `NewtonStats`: iterations, convergence, a fallback's
+        reason); None otherwise."""
+        return getattr(self._last, "last_stats", None)
+
     def __repr__(self) -> str:
         return f"<recc {self.spec.name}: {self.analysis.kind}, backend={self.backend}>"
 
@@ -147,6 +155,12 @@ def check_strategy(spec: Recurrence, lowering: LoweringPlan, strategy: str) -> N
         why = lowering.no_chunk_plan or f"the {lowering.kind} class runs {lowering.algorithm}"
         raise RecError(
             f"strategy='chunkwise' cannot run '{spec.name}': {why}",
+            hint="use strategy='auto' (recc explain shows what runs)",
+        )
+    if strategy == NEWTON and lowering.newton is None:
+        why = lowering.no_newton_plan or f"the {lowering.kind} class runs {lowering.algorithm}"
+        raise RecError(
+            f"strategy='newton' cannot run '{spec.name}': {why}",
             hint="use strategy='auto' (recc explain shows what runs)",
         )
     if strategy == SCAN and lowering.scan is None:
@@ -182,9 +196,12 @@ def compile(  # noqa: A001
     `strategy`: "auto" (the class's algorithm; a matrix state read out linearly,
     GLA, RetNet or Mamba2, has both a scan and a chunkwise form, and the torch
     backend picks by sequence length: `recc explain` prints the rule), "scan" or
-    "chunkwise" (that form only; an error if the spec has none), or "sequential"
-    (the step loop with its state-free work hoisted, which every spec has; what a
-    nonlinear spec runs).
+    "chunkwise" (that form only; an error if the spec has none), "sequential"
+    (the step loop with its state-free work hoisted, which every spec has), or
+    "newton" (a nonlinear spec's Newton-parallel solver at every T, on every
+    device; `fn.last_stats` then says how each call converged). With "auto" a
+    nonlinear spec runs the loop or Newton by a rule per call (device, T,
+    gradients) that `recc explain` prints.
     """
     if backend not in BACKENDS:
         raise RecError(f"unknown backend '{backend}'", hint=f"choose one of: {', '.join(BACKENDS)}")

@@ -54,7 +54,7 @@ def test_check_names_the_regime_that_failed(tmp_path, monkeypatch):
         "recurrence clamp {\n dims D\n input a[D], b[D]\n state h[D] = 0\n"
         " update h = max(min(h, a), b)\n output h\n}\n"
     )
-    monkeypatch.setattr(scan, "_needs_grad", lambda bound: False)
+    monkeypatch.setattr(scan, "needs_grad", lambda bound: False)
     result = CliRunner().invoke(main, ["check", str(spec), "--backend", "torch"])
     assert result.exit_code == 1, result.output
     assert "MISMATCH clamp: torch [integers, T=" in result.output

@@ -42,11 +42,14 @@ def spec(name: str) -> Recurrence:
 
 def run_spec(name: str, tensors: dict, initial_state: dict | None = None, engine="interpreter"):
     """(outputs, finals) of the zoo spec `name`: on the interpreter, or through
-    `recc.compile(..., backend=engine)`."""
+    `recc.compile(..., backend=engine)` ("newton": the torch backend's Newton solver)."""
     rec = spec(name)
     if engine == "interpreter":
         return run(rec, bind(rec, tensors, initial_state))
-    fn = recc.compile(SPECS / f"{name}.rec", backend=engine)
+    if engine == "newton":
+        fn = recc.compile(SPECS / f"{name}.rec", backend="torch", strategy="newton")
+    else:
+        fn = recc.compile(SPECS / f"{name}.rec", backend=engine)
     values, states = fn(**tensors, initial_state=initial_state, output_final_state=True)
     values = values if len(rec.outputs) > 1 else (values,)
     states = states if len(rec.states) > 1 else (states,)
@@ -78,8 +81,9 @@ def assert_match(pairs: list[tuple[str, torch.Tensor, torch.Tensor]], leaves: li
 # ---------------------------------------------------------------- torch.nn oracles
 
 
-# The interpreter, and the torch backend's sequential loop (what these specs run).
-NN_ENGINES = pytest.mark.parametrize("engine", ["interpreter", "torch"])
+# The interpreter, the torch backend's sequential loop (what these specs run on a CPU)
+# and its Newton solver (quasi-Newton: their recurrent weights are dense).
+NN_ENGINES = pytest.mark.parametrize("engine", ["interpreter", "torch", "newton"])
 
 
 def _reinit(module: torch.nn.Module) -> None:

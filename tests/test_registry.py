@@ -71,7 +71,7 @@ def test_auto_runs_the_first_backend_that_accepts_the_device(path: Path) -> None
 def test_a_declined_backend_says_why_and_what_runs_instead() -> None:
     with pytest.raises(RecError) as err:
         recc.compile(Path(SPECS[0]).parent / "gru.rec", backend="triton")
-    assert "no Triton kernel for the sequential algorithm yet (nonlinear class)" in str(err.value)
+    assert "no Triton kernel for the newton algorithm yet (nonlinear class)" in str(err.value)
     assert "use backend='auto' or one of: torch, interpreter" in str(err.value)
 
 

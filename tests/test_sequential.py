@@ -25,7 +25,7 @@ from recc.backends.torch.backend import TORCH
 from recc.backends.torch.sequential import SequentialLoop
 from recc.errors import RecError
 from recc.ir import load
-from recc.lowering import SEQUENTIAL, plan, sequential_plan
+from recc.lowering import NEWTON, SEQUENTIAL, plan, sequential_plan
 from recc.signature import bind
 from recc.testing.agree import disagreements, interpreter_results, well_conditioned
 from recc.testing.regimes import INTEGERS, NORMAL, POSITIVE, regimes_for
@@ -60,11 +60,16 @@ def test_every_zoo_spec_runs_sequentially_as_the_interpreter(path, T):
 
 
 @pytest.mark.parametrize("name", NONLINEAR)
-def test_nonlinear_specs_plan_the_loop_and_auto_runs_it_in_torch(name):
+def test_nonlinear_specs_plan_newton_and_the_loop_and_auto_runs_the_loop_on_a_cpu(name):
+    """Every nonlinear zoo spec has a Newton form (tests/test_newton.py) and the loop,
+    which the torch backend runs for CPU tensors (its cost rule)."""
     fn = recc.compile(SPECS[0].parent / f"{name}.rec")
-    assert fn.plan.algorithm == SEQUENTIAL and fn.plan.sequential is not None
+    assert fn.plan.algorithm == NEWTON and fn.plan.sequential is not None
     assert fn.backend_for(torch.device("cpu")) == "torch"
-    assert "sequential loop over time" in fn.explain()
+    assert "the step loop otherwise" in fn.explain()
+    loop = recc.compile(SPECS[0].parent / f"{name}.rec", strategy="sequential")
+    assert loop.plan.algorithm == SEQUENTIAL and loop.plan.newton is None
+    assert "sequential loop over time" in loop.explain()
 
 
 def test_the_gru_loop_hoists_its_input_projections_and_stacks_its_recurrent_ones():
@@ -115,7 +120,7 @@ def test_strategy_sequential_for_a_diagonal_spec_and_no_scan_for_a_nonlinear_one
     assert "strategy='sequential' was asked for" in fn.explain()
     with pytest.raises(RecError, match="no scan form"):
         recc.compile(SPECS[0].parent / "gru.rec", strategy="scan")
-    with pytest.raises(RecError, match="no Triton kernel for the sequential algorithm"):
+    with pytest.raises(RecError, match="no Triton kernel for the newton algorithm"):
         recc.compile(SPECS[0].parent / "gru.rec", backend="triton")
 
 

@@ -178,7 +178,7 @@ def run_scan(
             for o in rec.outputs
         }
         return outputs, dict(bound.initial_state)
-    if isinstance(plan.form, MinMaxForm) and _needs_grad(bound):
+    if isinstance(plan.form, MinMaxForm) and needs_grad(bound):
         from recc.backends.torch.spec_adjoint import run_with_spec_gradients
 
         return run_with_spec_gradients(plan, bound, chunk)
@@ -192,7 +192,8 @@ def run_scan(
     return outputs, finals
 
 
-def _needs_grad(bound: Bound) -> bool:
+def needs_grad(bound: Bound) -> bool:
+    """Whether autograd will differentiate this call's results."""
     tensors = [*bound.inputs.values(), *bound.params.values(), *bound.initial_state.values()]
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -364,7 +365,7 @@ def _expanded_states(scan: _Scan, bound: Bound, chunks: _Chunks):
     L, nc, shapes = chunks.L, chunks.nc, chunks.shapes
     segment = math.isqrt(L - 1) + 1  # ceil(sqrt(L))
     starts = range(0, L, segment)
-    recompute = _needs_grad(bound)
+    recompute = needs_grad(bound)
     # step views made once: slicing step i out of an input in every step would
     # cost autograd a full-size gradient per slice; unbind's backward stacks once
     steps = {name: x.unbind(2) for name, x in chunks.inputs.items()}

@@ -196,28 +196,52 @@ class SequentialLoop:
         if compiled:  # the step's elementwise work fused by inductor, once per shape
             self.step = _guarded(torch.compile(self.step, dynamic=False), plan.spec.name)
 
-    def __call__(self, bound: Bound) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        plan, step, run_step = self.plan, self.plan.step, self.step
+    def hoist(self, bound: Bound) -> dict[str, torch.Tensor]:
+        """The spec's params and inputs, and every hoisted value, by name."""
         ops = _FastOps(bound.compute_dtype, bound.device)
         env: dict[str, torch.Tensor] = {**bound.params, **bound.inputs}
-        for h in plan.hoisted:
+        for h in self.plan.hoisted:
             env[h.name] = evaluate(h.expr, env, ops)
+        return env
+
+    def _steps(self, bound: Bound, env: dict[str, torch.Tensor]):
+        """Each step's (new states, outputs), in order."""
+        step, run_step = self.plan.step, self.step
+        env = dict(env)
         for g in self.stacked:
             env[g.name] = torch.cat([env[w] for w in g.weights], dim=-2)
         n_in = len(step.inputs)
         per_step = [env[i.name] for i in step.inputs]
         fixed = [env[n] for n in self.parameters[n_in : len(self.parameters) - len(step.states)]]
         states = [bound.initial_state[s.name] for s in step.states]
-        outs: list[list[torch.Tensor]] = [[] for _ in step.outputs]
         for t in range(bound.T):
             new, out = run_step(*(x[:, t] for x in per_step), *fixed, *states)
             states = list(new)
+            yield states, out
+
+    def _full(self, value: torch.Tensor, bound: Bound, dims) -> torch.Tensor:
+        shape = (bound.B, *bound.batch_heads, *bound.shape_of(dims))
+        return value.expand(shape) if tuple(value.shape) != shape else value
+
+    def states(self, bound: Bound, env: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every step's new states, `[B, T, (H), *dims]` (T >= 1)."""
+        kept: list[list[torch.Tensor]] = [[] for _ in self.plan.step.states]
+        for states, _ in self._steps(bound, env):
+            for k, s, v in zip(kept, self.plan.step.states, states):
+                k.append(self._full(v, bound, s.dims))
+        return {s.name: torch.stack(k, dim=1) for s, k in zip(self.plan.step.states, kept)}
+
+    def __call__(self, bound: Bound) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        step = self.plan.step
+        outs: list[list[torch.Tensor]] = [[] for _ in step.outputs]
+        last = [bound.initial_state[s.name] for s in step.states]  # the finals at T = 0
+        for new, out in self._steps(bound, self.hoist(bound)):
+            last = new
             for kept, value in zip(outs, out):
                 kept.append(value)
-        lead = (bound.B, *bound.batch_heads)
         outputs = {}
         for o, kept in zip(step.outputs, outs):
-            shape = (*lead, *bound.shape_of(o.expr.dims))
+            shape = (bound.B, *bound.batch_heads, *bound.shape_of(o.expr.dims))
             if kept:
                 full = [v.expand(shape) if tuple(v.shape) != shape else v for v in kept]
                 outputs[o.name] = torch.stack(full, dim=1).to(bound.out_dtype)
@@ -225,8 +249,5 @@ class SequentialLoop:
                 outputs[o.name] = torch.zeros(
                     (shape[0], 0, *shape[1:]), dtype=bound.out_dtype, device=bound.device
                 )
-        finals = {}
-        for s, value in zip(step.states, states):
-            shape = (*lead, *bound.shape_of(s.dims))
-            finals[s.name] = value.expand(shape) if tuple(value.shape) != shape else value
+        finals = {s.name: self._full(v, bound, s.dims) for s, v in zip(step.states, last)}
         return outputs, finals

@@ -5,6 +5,7 @@ May import: recc.ir, recc.analysis. Never a backend.
 
 from recc.analysis.forms import Analysis, DiagonalBlock, DiagonalForm, MinMaxForm
 from recc.lowering.chunk import ChunkPlan, Readout, Write, chunk_plan
+from recc.lowering.newton import NewtonPlan, newton_plan
 from recc.lowering.plan import (
     AUTO,
     CHUNKWISE,
@@ -29,6 +30,8 @@ __all__ = [
     "NEWTON",
     "SCAN",
     "SEQUENTIAL",
+    "NewtonPlan",
+    "newton_plan",
     "Hoisted",
     "SequentialPlan",
     "sequential_plan",

@@ -14,6 +14,7 @@ from recc.analysis.classify import linear_states
 from recc.analysis.forms import DIAGONAL, DPLR, MINMAX, Analysis, DiagonalForm
 from recc.ir.nodes import Recurrence
 from recc.lowering.chunk import ChunkPlan, chunk_plan
+from recc.lowering.newton import NewtonPlan, newton_plan
 from recc.lowering.scan import ScanPlan, scan_plan
 from recc.lowering.sequential import SequentialPlan, sequential_plan
 
@@ -35,10 +36,15 @@ class LoweringPlan:
     # chunkwise form a backend may run instead for long sequences
     chunk: ChunkPlan | None = None
     no_chunk_plan: str = ""  # why there is no ChunkPlan (CHUNKWISE, or SCAN of a matrix)
-    # SEQUENTIAL: the step loop with its state-free work hoisted (recc.lowering.sequential)
+    # SEQUENTIAL: the step loop with its state-free work hoisted (recc.lowering.sequential);
+    # NEWTON: the fallback and the short-sequence form
     sequential: SequentialPlan | None = None
+    # NEWTON: the solver's IR (recc.lowering.newton)
+    newton: NewtonPlan | None = None
+    no_newton_plan: str = ""  # why a nonlinear spec has none
     # states a linear form reads, which must start finite (checked at call time)
     finite_states: frozenset[str] = frozenset()
+    strategy: str = "auto"  # what `strategy=` asked for (NEWTON: Newton at every T)
 
     @property
     def kind(self) -> str:
@@ -46,16 +52,32 @@ class LoweringPlan:
 
 
 AUTO = "auto"
-STRATEGIES = (AUTO, SCAN, CHUNKWISE, SEQUENTIAL)  # what `strategy=` takes
+STRATEGIES = (AUTO, SCAN, CHUNKWISE, SEQUENTIAL, NEWTON)  # what `strategy=` takes
 
 
 def plan(rec: Recurrence, analysis: Analysis, strategy: str = AUTO) -> LoweringPlan:
     """The plan for `rec`. `strategy`: AUTO (the class's algorithm, and for a matrix
     state with a linear readout both the scan and the chunkwise form, a backend
     picking by T), or SCAN / CHUNKWISE to keep only that form where the spec has it
-    (a plan without it is returned unchanged: the caller reports it), or SEQUENTIAL,
-    the step loop, which every spec has."""
+    (a plan without it is returned unchanged: the caller reports it), SEQUENTIAL,
+    the step loop, which every spec has, or NEWTON (the solver only, where the
+    spec has one)."""
     chosen = _plan(rec, analysis)
+    if strategy == NEWTON and chosen.newton is not None:
+        return replace(
+            chosen,
+            why=f"{chosen.why}; strategy='newton' was asked for: at every T, on every device",
+            strategy=NEWTON,
+        )
+    if strategy == SEQUENTIAL and chosen.algorithm == NEWTON:
+        return replace(
+            chosen,
+            algorithm=SEQUENTIAL,
+            description=_SEQUENTIAL,
+            why="strategy='sequential' was asked for",
+            newton=None,
+            no_newton_plan="strategy='sequential' was asked for",
+        )
     if strategy == SEQUENTIAL and chosen.algorithm != SEQUENTIAL:
         return replace(
             chosen,
@@ -140,14 +162,28 @@ def _algorithm(rec: Recurrence, analysis: Analysis) -> LoweringPlan:
             analysis,
         )
     structure = analysis.jacobian.describe()
+    loop = sequential_plan(rec)
+    solver = newton_plan(loop)
+    if isinstance(solver, str):
+        return LoweringPlan(
+            SEQUENTIAL,
+            _SEQUENTIAL,
+            f"no linear structure proven ({structure} Jacobian); no Newton solver: {solver}",
+            rec,
+            analysis,
+            sequential=loop,
+            no_newton_plan=solver,
+        )
     return LoweringPlan(
-        SEQUENTIAL,
-        _SEQUENTIAL,
-        f"no linear structure proven ({structure} Jacobian): no parallel form yet "
-        "(a Newton-parallel solver is planned)",
+        NEWTON,
+        "Newton-parallel solver (DEER/ParaRNN): each iteration evaluates the step and its "
+        "Jacobian at all steps at once and solves the linearised recurrence by one scan; "
+        "the sequential loop where Newton does not pay or does not converge",
+        f"no linear structure proven ({structure} Jacobian); Newton: {solver.describe()}",
         rec,
         analysis,
-        sequential=sequential_plan(rec),
+        sequential=loop,
+        newton=solver,
     )
 
 
