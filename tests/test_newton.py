@@ -22,8 +22,13 @@ from hypothesis import strategies as st
 import recc
 from recc.analysis import analyze
 from recc.backends.protocol import Call
-from recc.backends.torch.backend import NEWTON_CPU_BACKWARD_FROM_T, NEWTON_FROM_T
-from recc.backends.torch.newton import NewtonFallbackWarning, NewtonSolver, NewtonStats
+from recc.backends.torch.newton import (
+    NEWTON_CPU_BACKWARD_FROM_T,
+    NEWTON_FROM_T,
+    NewtonFallbackWarning,
+    NewtonSolver,
+    NewtonStats,
+)
 from recc.backends.torch.sequential import SequentialLoop
 from recc.errors import RecError
 from recc.ir import load

@@ -62,16 +62,17 @@ def test_auto_runs_the_first_backend_that_accepts_the_device(path: Path) -> None
     for device in (CPU, CUDA):  # asking about a device needs none here
         first = next(b for b in REGISTRY if b.supports(fn.plan, device, auto=True) is None)
         assert fn.backend_for(device) == first.name
-    scan = fn.plan.algorithm == "scan"
-    # torch runs the chunkwise form and the sequential loop; Triton neither yet
+    kernels = fn.plan.algorithm in ("scan", "newton")
+    # Triton runs the scan and Newton's linear scans; torch alone the chunkwise form
+    # (Triton's chunkwise kernels need strategy='chunkwise') and the sequential loop
     assert fn.backend_for(CPU) == "torch"
-    assert fn.backend_for(CUDA) == ("triton" if scan else "torch")
+    assert fn.backend_for(CUDA) == ("triton" if kernels else "torch")
 
 
 def test_a_declined_backend_says_why_and_what_runs_instead() -> None:
     with pytest.raises(RecError) as err:
-        recc.compile(Path(SPECS[0]).parent / "gru.rec", backend="triton")
-    assert "no Triton kernel for the newton algorithm yet (nonlinear class)" in str(err.value)
+        recc.compile(Path(SPECS[0]).parent / "gru.rec", backend="triton", strategy="sequential")
+    assert "no Triton kernel for the sequential algorithm yet (nonlinear class)" in str(err.value)
     assert "use backend='auto' or one of: torch, interpreter" in str(err.value)
 
 

@@ -14,26 +14,13 @@ import torch
 from recc.backends.protocol import Call, Options
 from recc.backends.sequences import per_sequence
 from recc.backends.torch.chunkwise import run_chunkwise
-from recc.backends.torch.scan import needs_grad, run_scan
+from recc.backends.torch.scan import run_scan
 from recc.lowering import CHUNKWISE, NEWTON, SEQUENTIAL, LoweringPlan
 
 # A matrix state with both a scan and a chunkwise form (GLA, RetNet, Mamba2, unless
 # `strategy=` keeps one): the scan for sequences shorter than this, chunkwise from it.
 # Measured by `python benchmarks/chunkwise.py --crossover` (docs/lowering-chunkwise.md).
 CHUNKWISE_FROM_T = 64
-# A nonlinear spec with a Newton form: the step loop or Newton, per call.
-# On a GPU: Newton from this length. The loop is launch bound there (about 20 kernels a
-# step) and Newton's few iterations of a few dozen kernels plus a scan of depth
-# O(sqrt T) win from T of about 100 (an estimate from launch counts; not yet timed on a
-# GPU).
-NEWTON_FROM_T = 128
-# On a CPU (`python benchmarks/newton.py --crossover`, B=4, D=128): the loop's forward
-# is faster at every T (a Newton iteration is some fifty bandwidth-bound passes over
-# [B, T, D] in eager torch); forward+backward, autograd through T small steps grows
-# faster than T, and Newton's backward (one adjoint solve, one vectorised VJP) wins
-# from about these lengths: exact Jacobians (ParaGRU 1.7x at T=128, ParaLSTM 1.2x at
-# 2048), quasi-Newton (GRU 1.8x, LSTM 1.4x at 2048; 0.7x and 0.5x at 512).
-NEWTON_CPU_BACKWARD_FROM_T = {True: 1024, False: 2048}  # by plan.newton.exact
 
 
 class TorchBackend:
@@ -66,9 +53,9 @@ class TorchBackend:
             loop = SequentialLoop(plan.sequential, compiled=options.torch_compile)
             if plan.newton is None:
                 return lambda call: loop(call.bound)
-            from recc.backends.torch.newton import NewtonSolver
+            from recc.backends.torch.newton import NewtonOrLoop, NewtonSolver
 
-            return _NewtonOrLoop(NewtonSolver(plan.newton, loop), loop, plan.strategy == NEWTON)
+            return NewtonOrLoop(NewtonSolver(plan.newton, loop), plan.strategy == NEWTON)
         if scan is None:
             assert chunk is not None, plan.algorithm
             return lambda call: run_chunkwise(chunk, call.bound)
@@ -104,17 +91,11 @@ class TorchBackend:
 
     def notes(self, plan: LoweringPlan) -> list[str]:
         if plan.newton is not None:
+            from recc.backends.torch.newton import cost_rule
+
             assert plan.sequential is not None
-            cpu = NEWTON_CPU_BACKWARD_FROM_T[plan.newton.exact]
-            rule = (
-                "Newton at every T, on every device (strategy='newton')"
-                if plan.strategy == NEWTON
-                else f"CUDA tensors and T >= {NEWTON_FROM_T}: Newton; CPU tensors: Newton "
-                f"for calls that need gradients with T >= {cpu}, the step loop otherwise "
-                "(faster there)"
-            )
             return [
-                rule,
+                cost_rule(plan.newton, plan.strategy == NEWTON),
                 f"Newton: {plan.newton.describe()}",
                 f"the step loop: {plan.sequential.describe()}",
             ]
@@ -128,30 +109,6 @@ class TorchBackend:
         if plan.scan is not None and plan.no_chunk_plan:  # a matrix state without one
             return [f"the scan at every T; no chunkwise form: {plan.no_chunk_plan}"]
         return []
-
-
-class _NewtonOrLoop:
-    """The cost rule between the Newton solver and the step loop, per call."""
-
-    def __init__(self, solver, loop, always: bool) -> None:
-        self.solver, self.loop, self.always = solver, loop, always
-        self.cpu_from_T = NEWTON_CPU_BACKWARD_FROM_T[solver.plan.exact]
-        self.newton = False  # whether the latest call ran Newton
-
-    @property
-    def last_stats(self):
-        """The solver's record of the latest call (its backward's too), if Newton ran it."""
-        return self.solver.last_stats if self.newton else None
-
-    def __call__(self, call: Call):
-        bound = call.bound
-        if self.always:
-            self.newton = True
-        elif bound.device.type == "cuda":
-            self.newton = bound.T >= NEWTON_FROM_T
-        else:
-            self.newton = bound.T >= self.cpu_from_T and needs_grad(bound)
-        return self.solver(call) if self.newton else self.loop(bound)
 
 
 TORCH = TorchBackend()

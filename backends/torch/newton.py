@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
-from recc.backends.torch.scan import run_scan
+from recc.backends.protocol import Call
+from recc.backends.torch.scan import needs_grad, run_scan
 from recc.backends.torch.sequential import SequentialLoop, _FastOps
 from recc.ir.evaluate import align, evaluate, evaluate_shared
 from recc.lowering import ScanPlan
@@ -77,13 +79,30 @@ class NewtonStats:
     changes: tuple[float, ...] = ()  # max |h^{k+1} - h^k| of each iteration
 
 
-class NewtonSolver:
-    """One spec's Newton solver; `__call__` runs one call like the other executors."""
+def torch_scan(facts: ScanPlan, bound: Bound) -> dict[str, torch.Tensor]:
+    """The linear specs' outputs by the torch chunked scan."""
+    outputs, _ = run_scan(facts, bound)
+    return outputs
 
-    def __init__(self, plan: NewtonPlan, loop: SequentialLoop, max_iterations: int | None = None):
+
+class NewtonSolver:
+    """One spec's Newton solver; `__call__` runs one call like the other executors.
+
+    `scan(facts, bound)` runs the plan's linear specs (their `ScanPlan`s) and returns
+    their outputs: the torch chunked scan by default, a backend's kernels otherwise
+    (the Triton backend passes its scan kernels). It is never differentiated."""
+
+    def __init__(
+        self,
+        plan: NewtonPlan,
+        loop: SequentialLoop,
+        max_iterations: int | None = None,
+        scan: Callable[[ScanPlan, Bound], dict[str, torch.Tensor]] = torch_scan,
+    ):
         self.plan = plan
         self.loop = loop  # the fallback, and T = 0
         self.max_iterations = max_iterations or MAX_ITERATIONS[plan.exact]
+        self.run_scan = scan
         self.last_stats: NewtonStats | None = None
 
     # -- one vectorised evaluation of the step ----------------------------------
@@ -146,7 +165,7 @@ class NewtonSolver:
 
     # -- the linear recurrences -------------------------------------------------
 
-    def _scan(self, scan: ScanPlan, bound: Bound, inputs: dict, start: dict) -> dict:
+    def _scan(self, facts: ScanPlan, bound: Bound, inputs: dict, start: dict) -> dict:
         linear = Bound(
             bound.B,
             bound.T,
@@ -159,8 +178,7 @@ class NewtonSolver:
             bound.compute_dtype,
             bound.device,
         )
-        outputs, _ = run_scan(scan, linear)
-        return outputs
+        return self.run_scan(facts, linear)
 
     def _growth(self, J: dict[str, torch.Tensor], bound: Bound) -> float:
         """T * the largest mean_t log rho(J_t) (rho the spectral radius of each channel's
@@ -361,6 +379,56 @@ class NewtonSolver:
             for u in self.plan.step.updates
             if u.name in self.plan.unread
         }
+
+
+# The cost rule between Newton and the step loop, per call (`NewtonOrLoop`).
+# On a GPU: Newton from this length. The loop is launch bound there (about 20 kernels a
+# step) and Newton's few iterations of a few dozen kernels plus a scan of depth
+# O(sqrt T) (torch) or O(log T) (a scan kernel) win from T of about 100: an estimate
+# from launch counts, not yet timed on a GPU.
+NEWTON_FROM_T = 128
+# On a CPU (`python benchmarks/newton.py --crossover`, B=4, D=128): the loop's forward
+# is faster at every T (a Newton iteration is some fifty bandwidth-bound passes over
+# [B, T, D] in eager torch); forward+backward, autograd through T small steps grows
+# faster than T, and Newton's backward (one adjoint solve, one vectorised VJP) wins
+# from about these lengths: exact Jacobians (ParaGRU 1.7x at T=128, ParaLSTM 1.2x at
+# 2048), quasi-Newton (GRU 1.8x, LSTM 1.4x at 2048; 0.7x and 0.5x at 512).
+NEWTON_CPU_BACKWARD_FROM_T = {True: 1024, False: 2048}  # by NewtonPlan.exact
+
+
+def cost_rule(plan: NewtonPlan, always: bool) -> str:
+    """`NewtonOrLoop`'s rule, in words (`recc explain`)."""
+    if always:
+        return "Newton at every T, on every device (strategy='newton')"
+    return (
+        f"CUDA tensors and T >= {NEWTON_FROM_T}: Newton; CPU tensors: Newton for calls "
+        f"that need gradients with T >= {NEWTON_CPU_BACKWARD_FROM_T[plan.exact]}, the step "
+        "loop otherwise (faster there)"
+    )
+
+
+class NewtonOrLoop:
+    """The cost rule between the Newton solver and the step loop, per call."""
+
+    def __init__(self, solver: NewtonSolver, always: bool) -> None:
+        self.solver, self.loop, self.always = solver, solver.loop, always
+        self.cpu_from_T = NEWTON_CPU_BACKWARD_FROM_T[solver.plan.exact]
+        self.newton = False  # whether the latest call ran Newton
+
+    @property
+    def last_stats(self) -> NewtonStats | None:
+        """The solver's record of the latest call (its backward's too), if Newton ran it."""
+        return self.solver.last_stats if self.newton else None
+
+    def __call__(self, call: Call):
+        bound = call.bound
+        if self.always:
+            self.newton = True
+        elif bound.device.type == "cuda":
+            self.newton = bound.T >= NEWTON_FROM_T
+        else:
+            self.newton = bound.T >= self.cpu_from_T and needs_grad(bound)
+        return self.solver(call) if self.newton else self.loop(bound)
 
 
 def _stop_ratio(new: dict, old: dict, rtol: float, atol: float) -> float:

@@ -11,13 +11,14 @@ and keeps them for `prepare`.
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from recc.backends.protocol import Call, Options
 from recc.backends.triton.runtime import interpreted
-from recc.lowering import CHUNKWISE, SCAN, LoweringPlan
+from recc.lowering import CHUNKWISE, NEWTON, SCAN, LoweringPlan
 
 _NO_DEVICE = (
     "needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before triton is "
@@ -29,7 +30,7 @@ class TritonBackend:
     name = "triton"
     summary = (
         "generated Triton kernels, CUDA tensors: the scan (forward and backward), "
-        "chunkwise (forward)"
+        "chunkwise (forward), Newton's linear scans (the loop in torch)"
     )
     builds = True
 
@@ -40,7 +41,7 @@ class TritonBackend:
     def supports(
         self, plan: LoweringPlan, device: torch.device | None = None, auto: bool = False
     ) -> str | None:
-        if plan.algorithm not in (SCAN, CHUNKWISE):
+        if plan.algorithm not in (SCAN, CHUNKWISE, NEWTON):
             return f"no Triton kernel for the {plan.algorithm} algorithm yet ({plan.kind} class)"
         if device is not None:
             if device.type == "cpu" and auto:
@@ -66,7 +67,14 @@ class TritonBackend:
             from recc.backends.triton.scan_codegen import Unsupported
 
             try:
-                self._kernels[plan] = ScanKernel(plan.scan)
+                if plan.algorithm == NEWTON:  # its linearised step and its adjoint
+                    assert plan.newton is not None
+                    self._kernels[plan] = (
+                        ScanKernel(plan.newton.scan),
+                        ScanKernel(plan.newton.adjoint_scan),
+                    )
+                else:
+                    self._kernels[plan] = ScanKernel(plan.scan)
             except Unsupported as err:
                 self._kernels[plan] = f"no kernel: {err}"
         return self._kernels[plan]
@@ -78,6 +86,8 @@ class TritonBackend:
         assert not isinstance(kernel, str), kernel
         if plan.algorithm == CHUNKWISE:
             return _chunkwise_executor(plan, kernel)
+        if plan.algorithm == NEWTON:
+            return _newton_executor(plan, kernel, options)
         facts = plan.scan
 
         def run(call: Call):
@@ -86,14 +96,26 @@ class TritonBackend:
         return run
 
     def build(self, plan: LoweringPlan) -> str:
+        """The `recc build` module; a Newton plan's is the step loop without kernels (a
+        vendored Newton solver is not written yet)."""
         from recc.backends.triton.build import build_module
 
-        return build_module(plan)
+        return build_module(plan, kernels=plan.algorithm != NEWTON)
 
     def takes_packed(self, plan: LoweringPlan) -> bool:
         return False
 
     def notes(self, plan: LoweringPlan) -> list[str]:
+        if plan.algorithm == NEWTON:
+            from recc.backends.torch.newton import cost_rule
+
+            assert plan.newton is not None
+            return [
+                cost_rule(plan.newton, plan.strategy == NEWTON),
+                "each Newton iteration's linear recurrence (and the backward's adjoint) "
+                "runs a generated scan kernel; the step, its Jacobian and the step loop "
+                "run in torch (no fused sequential kernel yet)",
+            ]
         if plan.algorithm == CHUNKWISE:
             return [
                 "chunkwise kernels run the forward; a call that needs gradients runs the "
@@ -116,6 +138,15 @@ class TritonBackend:
         from recc.backends.triton.aot import compile_reports
         from recc.backends.triton.launch import compile_jobs
 
+        if plan.algorithm == NEWTON:  # the two linear scans' forwards: all Newton launches
+            lines = [f"Triton kernels, sm_{arch}, default tiles (compiled ahead of time):"]
+            for name, scan in zip(("Newton step scan", "adjoint scan"), kernel):
+                r = compile_reports(compile_jobs(scan, arch)[:1])[0]
+                lines.append(
+                    f"  {name:22} {r.registers:3d} registers/thread, spills "
+                    f"{r.spill_store_bytes}+{r.spill_load_bytes} B, shared {r.shared_mem_bytes} B"
+                )
+            return lines
         reports = compile_reports(compile_jobs(kernel, arch))
         names = ("forward", "forward + checkpoints", "backward")
         lines = [f"Triton kernels, sm_{arch}, default tiles (compiled ahead of time):"]
@@ -125,6 +156,26 @@ class TritonBackend:
                 f"{r.spill_store_bytes}+{r.spill_load_bytes} B, shared {r.shared_mem_bytes} B"
             )
         return lines
+
+
+def _newton_executor(plan: LoweringPlan, kernels, options: Options):
+    """The Newton solver with its linear recurrences on the generated scan kernels;
+    the step's evaluation, the stop rule and the fallback loop are the torch backend's
+    (`recc.backends.torch.newton`: backend-neutral torch ops, on CUDA tensors here)."""
+    from recc.backends.torch.newton import NewtonOrLoop, NewtonSolver
+    from recc.backends.torch.sequential import SequentialLoop
+
+    assert plan.newton is not None and plan.sequential is not None
+    by_plan = {id(plan.newton.scan): kernels[0], id(plan.newton.adjoint_scan): kernels[1]}
+
+    def scan(facts, bound):
+        contiguous = {k: v.contiguous() for k, v in bound.inputs.items()}
+        starts = {k: v.contiguous() for k, v in bound.initial_state.items()}
+        outputs, _ = by_plan[id(facts)](replace(bound, inputs=contiguous, initial_state=starts))
+        return outputs
+
+    loop = SequentialLoop(plan.sequential, compiled=options.torch_compile)
+    return NewtonOrLoop(NewtonSolver(plan.newton, loop, scan=scan), plan.strategy == NEWTON)
 
 
 def _chunkwise_executor(plan: LoweringPlan, kernel):

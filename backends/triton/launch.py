@@ -49,8 +49,8 @@ def plan_data(plan: ScanKernelPlan, unread: tuple[str, ...] = ()) -> dict:
         "blocked": plan.blocked,
         "blocks": {axis: plan.block_name(axis) for axis in (TIME, *plan.layout.dims)},
         "budgets": {
-            "inference": INFERENCE_BUDGET,
-            "training": TRAINING_BUDGET,
+            "inference": INFERENCE_BUDGET // plan.tile_scale,
+            "training": TRAINING_BUDGET // plan.tile_scale,
             "max_block_t": MAX_BLOCK_T,
         },
         "inputs": plan.inputs,
@@ -66,8 +66,9 @@ def plan_data(plan: ScanKernelPlan, unread: tuple[str, ...] = ()) -> dict:
 def block_sizes(
     plan: ScanKernelPlan, sizes: dict[str, int], budget: int = INFERENCE_BUDGET
 ) -> dict[str, int]:
-    """Whole dims padded to a power of two; the split dim and time fill the budget."""
-    return _block_sizes(plan_data(plan), sizes, budget)
+    """Whole dims padded to a power of two; the split dim and time fill the budget
+    (divided by the plan's `tile_scale`, as the launcher does)."""
+    return _block_sizes(plan_data(plan), sizes, budget // plan.tile_scale)
 
 
 class ScanKernel:

@@ -120,6 +120,10 @@ class ScanKernelPlan:
     functions: dict = field(compare=False, hash=False)
     # the kernels' parameter scope; each kernel's locals live in a child of it
     names: Namespace = field(compare=False, hash=False, repr=False)
+    # the tile budgets are divided by this: the scanned maps' slots per element over 6
+    # (a 2 x 2 block's a and b), so k x k blocks for k > 2 keep the registers of a tile
+    # within what compiles without spills (tests/test_triton_newton.py: sLSTM's 4 x 4)
+    tile_scale: int = 1
 
     def partial(self, dims: tuple[str, ...]) -> bool:
         """Gradients of a tensor without the split dim are summed over channel blocks."""
@@ -275,7 +279,18 @@ def plan_scan_kernel(facts: ScanPlan) -> ScanKernelPlan:
         sizes=sizes,
         functions=functions,
         names=ns,
+        tile_scale=_tile_scale(analysis, len(states)),
     )
+
+
+def _tile_scale(analysis, n_states: int) -> int:
+    """Slots of the scanned maps per element (k^2 + k for each k x k block; a and b for
+    a MinMax state) over those of one 2 x 2 block, at least 1."""
+    if isinstance(analysis.form, DiagonalForm):
+        slots = sum(b.size**2 + b.size for b in analysis.form.blocks)
+    else:
+        slots = 2 * n_states
+    return max(1, -(-slots // 6))
 
 
 _cite = cite
