@@ -15,17 +15,20 @@ path time / contender time", < 1: recc is faster):
                orthogonal times 0.5), T in {1k, 16k}; the largest difference
                from the step loop's outputs.
   paragru      B=4, T=4096, D=256: the Python time loop a user writes, recc's
-               chosen path (`recc.compile(spec)`: on a CPU the loop forward,
-               Newton forward+backward from T = 1024) and Newton forced
+               chosen path (`recc.compile(spec)`: on a CPU the loop forward, and
+               the loop's forward with Newton's adjoint backward for
+               forward+backward) and Newton forced
                (`strategy="newton"`), forward and forward+backward.
   dense        GRU and LSTM at B=8, T=1024, D=128 against torch.nn.GRU / LSTM
-               (oneDNN): recc's chosen path and Newton forced.
+               (oneDNN): recc's chosen path (forward+backward: the loop with the
+               adjoint backward) and Newton forced.
   on paper     T=65,536, D=256, fp32: each strategy's parallel depth (sequential
                steps on the critical path) and the GPU bytes per token it moves,
                counted from the plans (a fused evaluation kernel per iteration,
                a scan of depth 2 log2 T), with the iterations measured above.
-`--crossover` prints instead the loop against Newton by T (B=4, D=128): where the
-torch backend's cost rule on a CPU comes from. Timings are interleaved
+`--crossover` prints instead, by T (B=4, D=128), the loop against Newton forward,
+and the loop with autograd, the loop with the adjoint backward and Newton
+forward+backward: where the torch backend's cost rule on a CPU comes from. Timings are interleaved
 (benchmarks/scan.py `interleaved`), best of the rounds.
 """
 
@@ -41,6 +44,7 @@ import torch
 
 import recc
 from recc.backends.torch.newton import NewtonFallbackWarning
+from recc.signature import bind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scan import interleaved  # noqa: E402
@@ -209,12 +213,15 @@ def dense_rows(name: str, B: int, T: int, D: int, repeats: int) -> list[dict]:
 
 
 def crossover_rows(names: list[str], Ts: list[int], B: int, D: int, repeats: int) -> list[dict]:
-    """The step loop against Newton (both forced), forward and forward+backward, by T:
-    where the torch backend's cost rule on a CPU comes from."""
+    """By T, forward: the step loop against Newton; forward+backward: the loop with
+    autograd, the loop's forward with Newton's adjoint backward, and Newton. Where the
+    torch backend's cost rule on a CPU comes from (each path forced: the adjoint
+    backward through the solver's `run(bound, forward="loop")`)."""
     rows = []
     for name in names:
         loop = recc.compile(SPECS / f"{name}.rec", strategy="sequential")
         newton = recc.compile(SPECS / f"{name}.rec", strategy="newton")
+        solver = newton._executor("torch").solver
         for T in Ts:
             g = torch.Generator().manual_seed(T)
             p = {k: v.requires_grad_() for k, v in weights(loop.spec, {"I": D, "D": D}, g).items()}
@@ -234,8 +241,15 @@ def crossover_rows(names: list[str], Ts: list[int], B: int, D: int, repeats: int
 
                 return run
 
+            def adjoint(x=x, p=p, w=w, spec=newton.spec, solver=solver):
+                outputs, _ = solver.run(bind(spec, {"x": x, **p}, None), forward="loop")
+                (outputs["h"] * w).sum().backward()
+
             forward = interleaved({"loop": fwd(loop), "newton": fwd(newton)}, repeats)
-            backward = interleaved({"loop": fwd_bwd(loop), "newton": fwd_bwd(newton)}, repeats)
+            backward = interleaved(
+                {"loop": fwd_bwd(loop), "adjoint": adjoint, "newton": fwd_bwd(newton)}, repeats
+            )
+            best = {k: min(v) for k, v in backward.items()}
             rows.append(
                 {
                     "spec": name,
@@ -243,9 +257,10 @@ def crossover_rows(names: list[str], Ts: list[int], B: int, D: int, repeats: int
                     "jacobian": "exact" if newton.plan.newton.exact else "quasi",
                     "loop fwd": min(forward["loop"]),
                     "newton fwd": min(forward["newton"]),
-                    "loop f+b": min(backward["loop"]),
-                    "newton f+b": min(backward["newton"]),
-                    "f+b loop/newton": min(backward["loop"]) / min(backward["newton"]),
+                    "loop f+b": best["loop"],
+                    "loop+adjoint f+b": best["adjoint"],
+                    "newton f+b": best["newton"],
+                    "loop / loop+adjoint": best["loop"] / best["adjoint"],
                 }
             )
     return rows

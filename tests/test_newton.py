@@ -21,9 +21,8 @@ from hypothesis import strategies as st
 
 import recc
 from recc.analysis import analyze
-from recc.backends.protocol import Call
 from recc.backends.torch.newton import (
-    NEWTON_CPU_BACKWARD_FROM_T,
+    ADJOINT_FROM_T,
     NEWTON_FROM_T,
     NewtonFallbackWarning,
     NewtonSolver,
@@ -40,20 +39,22 @@ from recc.testing.strategies import spec_of
 from tests.helpers.profiles import SLOW
 
 SPECS = Path(__file__).parent.parent / "specs"
+DTYPE = torch.float64
 NONLINEAR = ["elman", "gru", "indrnn", "lstm", "ltc", "paragru", "paralstm", "slstm"]
 EXACT = ["indrnn", "paragru", "paralstm"]  # elementwise Jacobians: Newton proper
 
 
-def newton(rec, analysis, max_iterations: int | None = None):
+def newton(rec, analysis, max_iterations: int | None = None, forward: str = "newton"):
     """The torch backend's Newton solver for `rec`, as agree's callable, and the
-    solver (its `last_stats`)."""
+    solver (its `last_stats`). `forward="loop"`: the loop's states, the adjoint
+    backward."""
     lowering = plan(rec, analysis, NEWTON)
     loop = SequentialLoop(lowering.sequential)
     solver = NewtonSolver(lowering.newton, loop, max_iterations)
 
     def run(tensors, init):
         bound = bind(rec, tensors, init or None, check_nan=False)
-        return solver(Call(bound, tensors, init))
+        return solver.run(bound, forward=forward)
 
     return run, solver
 
@@ -78,6 +79,21 @@ def test_every_nonlinear_zoo_spec_through_newton_equals_the_interpreter(name, T)
         stats = check(rec, regime, T, seed=T, heads=heads)
         assert isinstance(stats, NewtonStats)
         assert stats.converged or stats.fell_back, stats
+
+
+@pytest.mark.parametrize("name", NONLINEAR)
+@pytest.mark.parametrize("T", [6, 37])
+def test_the_loops_forward_with_the_adjoint_backward_equals_the_interpreter(name, T):
+    """What a CPU call with gradients runs: the loop's states, Newton's adjoint."""
+    rec = load(SPECS / f"{name}.rec")
+    analysis = analyze(rec)
+    heads = 2 if name == "slstm" else None
+    run, solver = newton(rec, analysis, forward="loop")
+    for regime in regimes_for("nonlinear"):
+        tensors, init = regime.call(rec, T, seed=T, heads=heads)
+        found = disagreements(rec, analysis, run, tensors, init, seed=T)
+        assert not found, f"[{regime.name}, T={T}]: " + "; ".join(map(str, found))
+        assert solver.last_stats.forward == "loop" and solver.last_stats.iterations == 0
 
 
 @pytest.mark.parametrize("name", ["elman", "gru", "indrnn", "lstm", "paragru", "paralstm"])
@@ -249,22 +265,37 @@ def test_auto_runs_the_loop_on_a_cpu_and_explain_says_the_rule():
     assert "strategy='newton'" in forced.explain()
 
 
-def test_on_a_cpu_long_calls_that_need_gradients_run_newton():
-    """The CPU rule: the loop's forward is faster, Newton's backward from T = 1024
-    (exact Jacobians; benchmarks/newton.py --crossover)."""
-    fn = recc.compile(SPECS / "paragru.rec")
-    T = NEWTON_CPU_BACKWARD_FROM_T[True]
-    params = _paragru_params(fn.spec)
-    x = torch.randn(1, T, 3)
+@pytest.mark.parametrize("name", ["paragru", "gru"])
+def test_on_a_cpu_calls_that_need_gradients_run_the_loop_with_the_adjoint_backward(name):
+    """The CPU rule: the loop's forward is faster than Newton's, the adjoint backward
+    than autograd through the loop, from T = 32 (exact) or 1024 (quasi-Newton;
+    benchmarks/newton.py --crossover). Its gradients are the loop's."""
+    fn = recc.compile(SPECS / f"{name}.rec")
+    loop = recc.compile(SPECS / f"{name}.rec", strategy="sequential")
+    T = ADJOINT_FROM_T[fn.plan.newton.exact]
+    g = torch.Generator().manual_seed(0)
+    rec = fn.spec
+    params = {
+        p.name: torch.randn(*(3 if d == "I" else 4 for d in p.dims), generator=g, dtype=DTYPE) * 0.5
+        for p in rec.params
+    }
+    x = torch.randn(2, T, 3, generator=g, dtype=DTYPE)
     fn(x=x, **params)
     assert fn.last_stats is None  # no gradients: the loop
-    y = fn(x=x.requires_grad_(), **params)
-    assert fn.last_stats is not None and fn.last_stats.converged  # Newton
-    y.sum().backward()
-    assert x.grad is not None and fn.last_stats.adjoint_iterations == 1
-    fn(x=x[:, : T - 1], **params)
+    fn(x=x[:, : T - 1].requires_grad_(), **params)
     assert fn.last_stats is None  # shorter: the loop
-    assert f"Newton for calls that need gradients with T >= {T}" in fn.explain()
+    x.requires_grad_()
+    y = fn(x=x, **params)
+    stats = fn.last_stats
+    assert stats is not None and stats.forward == "loop" and stats.iterations == 0
+    w = torch.randn(y.shape, generator=g, dtype=DTYPE)
+    (got,) = torch.autograd.grad((y * w).sum(), x)
+    assert fn.last_stats.adjoint_iterations >= 1
+    y_loop = loop(x=x, **params)
+    torch.testing.assert_close(y, y_loop, rtol=0, atol=0)  # the same loop
+    (want,) = torch.autograd.grad((y_loop * w).sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert f"gradients with T >= {T}: the loop's forward with" in fn.explain()
 
 
 def _paragru_params(rec):

@@ -77,6 +77,7 @@ class NewtonStats:
     fell_back: str | None = None  # why the sequential loop answered, if it did
     adjoint_iterations: int = 0  # the last backward's (1 with an exact Jacobian)
     changes: tuple[float, ...] = ()  # max |h^{k+1} - h^k| of each iteration
+    forward: str = "newton"  # or "loop": the step loop's states, the adjoint backward
 
 
 def torch_scan(facts: ScanPlan, bound: Bound) -> dict[str, torch.Tensor]:
@@ -335,14 +336,16 @@ class NewtonSolver:
     def __call__(self, call):
         return self.run(call.bound)
 
-    def run(self, bound: Bound):
+    def run(self, bound: Bound, forward: str = "newton"):
+        """One call. `forward="loop"`: the states by the step loop (no autograd graph),
+        the backward still by the adjoint: the loop's forward with Newton's backward."""
         if bound.T == 0:
             return self.loop(bound)
         values = self.loop.hoist(bound)
         step = self.plan.step
         names = [i.name for i in step.inputs] + [p.name for p in step.params]
         h0 = [bound.initial_state[s.name] for s in step.states]
-        solved = _Solve.apply(self, bound, names, *h0, *(values[n] for n in names))
+        solved = _Solve.apply(self, bound, names, forward, *h0, *(values[n] for n in names))
         stats = self.last_stats
         if stats is not None and stats.fell_back:
             warnings.warn(  # at the user's fn(...): api -> the cost rule -> __call__ -> here
@@ -388,12 +391,15 @@ class NewtonSolver:
 # from launch counts, not yet timed on a GPU.
 NEWTON_FROM_T = 128
 # On a CPU (`python benchmarks/newton.py --crossover`, B=4, D=128): the loop's forward
-# is faster at every T (a Newton iteration is some fifty bandwidth-bound passes over
-# [B, T, D] in eager torch); forward+backward, autograd through T small steps grows
-# faster than T, and Newton's backward (one adjoint solve, one vectorised VJP) wins
-# from about these lengths: exact Jacobians (ParaGRU 1.7x at T=128, ParaLSTM 1.2x at
-# 2048), quasi-Newton (GRU 1.8x, LSTM 1.4x at 2048; 0.7x and 0.5x at 512).
-NEWTON_CPU_BACKWARD_FROM_T = {True: 1024, False: 2048}  # by NewtonPlan.exact
+# is faster than Newton's at every T (a Newton iteration is some fifty bandwidth-bound
+# passes over [B, T, D] in eager torch). Its backward is not: autograd through T small
+# steps grows faster than T, while the adjoint at the loop's states is one scan and one
+# vectorised VJP (exact Jacobians) or a few (quasi-Newton). So a call that needs
+# gradients runs the loop's forward with the adjoint backward from these lengths:
+# exact Jacobians at every T measured (ParaGRU 1.4x at T=32, 6x at 2048), quasi-Newton
+# from 1024 (GRU 1.2x at 512, 3.6x at 2048; LSTM 0.9x at 512, 2.3x at 2048).
+ADJOINT_FROM_T = {True: 32, False: 1024}  # by NewtonPlan.exact
+LOOP, ADJOINT, NEWTON = "the step loop", "the loop's forward, the adjoint backward", "Newton"
 
 
 def cost_rule(plan: NewtonPlan, always: bool) -> str:
@@ -401,9 +407,10 @@ def cost_rule(plan: NewtonPlan, always: bool) -> str:
     if always:
         return "Newton at every T, on every device (strategy='newton')"
     return (
-        f"CUDA tensors and T >= {NEWTON_FROM_T}: Newton; CPU tensors: Newton for calls "
-        f"that need gradients with T >= {NEWTON_CPU_BACKWARD_FROM_T[plan.exact]}, the step "
-        "loop otherwise (faster there)"
+        f"CUDA tensors and T >= {NEWTON_FROM_T}: Newton; CPU tensors, calls that need "
+        f"gradients with T >= {ADJOINT_FROM_T[plan.exact]}: the loop's forward with "
+        "Newton's adjoint backward (faster than autograd through the loop); otherwise "
+        "the step loop"
     )
 
 
@@ -412,23 +419,26 @@ class NewtonOrLoop:
 
     def __init__(self, solver: NewtonSolver, always: bool) -> None:
         self.solver, self.loop, self.always = solver, solver.loop, always
-        self.cpu_from_T = NEWTON_CPU_BACKWARD_FROM_T[solver.plan.exact]
-        self.newton = False  # whether the latest call ran Newton
+        self.adjoint_from_T = ADJOINT_FROM_T[solver.plan.exact]
+        self.ran = LOOP  # what the latest call ran
 
     @property
     def last_stats(self) -> NewtonStats | None:
-        """The solver's record of the latest call (its backward's too), if Newton ran it."""
-        return self.solver.last_stats if self.newton else None
+        """The solver's record of the latest call (its backward's too), if it ran it."""
+        return None if self.ran == LOOP else self.solver.last_stats
+
+    def choose(self, bound: Bound) -> str:
+        if self.always:
+            return NEWTON
+        if bound.device.type == "cuda":
+            return NEWTON if bound.T >= NEWTON_FROM_T else LOOP
+        return ADJOINT if bound.T >= self.adjoint_from_T and needs_grad(bound) else LOOP
 
     def __call__(self, call: Call):
-        bound = call.bound
-        if self.always:
-            self.newton = True
-        elif bound.device.type == "cuda":
-            self.newton = bound.T >= NEWTON_FROM_T
-        else:
-            self.newton = bound.T >= self.cpu_from_T and needs_grad(bound)
-        return self.solver(call) if self.newton else self.loop(bound)
+        self.ran = self.choose(call.bound)
+        if self.ran == LOOP:
+            return self.loop(call.bound)
+        return self.solver.run(call.bound, forward="loop" if self.ran == ADJOINT else "newton")
 
 
 def _stop_ratio(new: dict, old: dict, rtol: float, atol: float) -> float:
@@ -455,12 +465,16 @@ class _Solve(torch.autograd.Function):
     """h* from (initial states, the step's inputs, its params); backward by the adjoint."""
 
     @staticmethod
-    def forward(ctx, solver: NewtonSolver, bound: Bound, names: list[str], *tensors):
+    def forward(ctx, solver: NewtonSolver, bound: Bound, names: list[str], how: str, *tensors):
         step = solver.plan.step
         n_states = len(step.states)
         values = dict(zip(names, tensors[n_states:]))
         with torch.no_grad():
-            solution, stats = solver.solve(bound, values)
+            if how == "loop":
+                solution = solver.loop.states(bound, {**bound.params, **values})
+                stats = NewtonStats(0, True, math.nan, math.nan, forward="loop")
+            else:
+                solution, stats = solver.solve(bound, values)
         solver.last_stats = stats
         ordered = tuple(solution[s.name].contiguous() for s in step.states)
         ctx.solver, ctx.bound, ctx.names = solver, bound, names
@@ -508,7 +522,7 @@ class _Solve(torch.autograd.Function):
                 else [None] * len(wanted)
             )
             result = [next(found) if t.requires_grad else None for t in leaves_all]
-        return (None, None, None, *result)
+        return (None, None, None, None, *result)
 
 
 def _with_adjoint(stats: NewtonStats, k: int) -> NewtonStats:
