@@ -48,7 +48,7 @@ from recc.signature import bind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scan import interleaved  # noqa: E402
-from sequential import MODELS, paragru_loop  # noqa: E402
+from sequential import against_python_loop, against_torch_nn  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
@@ -121,95 +121,21 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def ratios(name: str, times: dict[str, list[float]], base: str, pass_name: str) -> list[dict]:
-    best = {k: min(v) for k, v in times.items()}
-    return [
-        {"spec": name, "pass": pass_name, "contender": k, "seconds": s, "ratio": best[base] / s}
-        for k, s in best.items()
-    ]
-
-
 def paragru_rows(B: int, T: int, D: int, repeats: int) -> list[dict]:
     g = torch.Generator().manual_seed(1)
     chosen = recc.compile(SPECS / "paragru.rec")
     newton = recc.compile(SPECS / "paragru.rec", strategy="newton")
     p = weights(chosen.spec, {"I": D, "D": D}, g)
-    x = torch.randn(B, T, D, generator=g)
-    w = torch.randn(B, T, D, generator=g)
     paths = {"recc chosen": chosen, "recc newton": newton}
-    want = paragru_loop(x, p)
-    forward = {"python loop": lambda: paragru_loop(x, p)}
-    for label, fn in paths.items():
-        forward[label] = lambda fn=fn: fn(x=x, **p)
-        torch.testing.assert_close(forward[label](), want, rtol=1e-4, atol=1e-4, msg=label)
-    with torch.no_grad():
-        rows = ratios("paragru", interleaved(forward, repeats), "recc chosen", "forward")
-    xg = x.clone().requires_grad_()
-    leaves = {k: v.clone().requires_grad_() for k, v in p.items()}
-
-    def clear():
-        xg.grad = None
-        for leaf in leaves.values():
-            leaf.grad = None
-
-    def loop_fwd_bwd():
-        clear()
-        paragru_loop(xg, leaves, w)
-
-    def recc_fwd_bwd(fn):
-        def run():
-            clear()
-            (fn(x=xg, **leaves) * w).sum().backward()
-
-        return run
-
-    backward = {"python loop": loop_fwd_bwd}
-    backward |= {label: recc_fwd_bwd(fn) for label, fn in paths.items()}
-    rows += ratios("paragru", interleaved(backward, max(2, repeats // 2)), "recc chosen", "fwd+bwd")
-    return rows
+    return against_python_loop(B, T, D, repeats, p, paths, "recc chosen", g)
 
 
 def dense_rows(name: str, B: int, T: int, D: int, repeats: int) -> list[dict]:
-    module_type, weights_of = MODELS[name]
-    torch.manual_seed(0)
-    module = module_type(D, D, batch_first=True)
-    x = torch.randn(B, T, D)
-    w = torch.randn(B, T, D)
-    params = {k: v.detach() for k, v in weights_of(module).items()}
     paths = {
         "recc chosen": recc.compile(SPECS / f"{name}.rec"),
         "recc newton": recc.compile(SPECS / f"{name}.rec", strategy="newton"),
     }
-    nn_label = f"torch.nn.{module_type.__name__}"
-    with torch.no_grad():
-        want = module(x)[0]
-    forward = {nn_label: lambda: module(x)[0]}
-    for label, fn in paths.items():
-        forward[label] = lambda fn=fn: fn(x=x, **params)
-        torch.testing.assert_close(forward[label](), want, rtol=1e-4, atol=1e-4, msg=label)
-    with torch.no_grad():
-        rows = ratios(name, interleaved(forward, repeats), "recc chosen", "forward")
-    xg = x.clone().requires_grad_()
-    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
-
-    def nn_fwd_bwd():
-        module.zero_grad()
-        xg.grad = None
-        (module(xg)[0] * w).sum().backward()
-
-    def recc_fwd_bwd(fn):
-        def run():
-            xg.grad = None
-            for leaf in leaves.values():
-                leaf.grad = None
-            (fn(x=xg, **leaves) * w).sum().backward()
-
-        return run
-
-    backward = {nn_label: nn_fwd_bwd}
-    backward |= {label: recc_fwd_bwd(fn) for label, fn in paths.items()}
-    rows += ratios(name, interleaved(backward, max(2, repeats // 2)), "recc chosen", "fwd+bwd")
-    return rows
+    return against_torch_nn(name, B, T, D, repeats, paths, "recc chosen")
 
 
 def crossover_rows(names: list[str], Ts: list[int], B: int, D: int, repeats: int) -> list[dict]:

@@ -91,12 +91,6 @@ def dense_table(B, T, D, repeats, compile_step, interpreter) -> list[dict]:
 
 
 def dense_rows(name, B, T, D, repeats, compile_step, interpreter) -> list[dict]:
-    module_type, weights_of = MODELS[name]
-    torch.manual_seed(0)
-    module = module_type(D, D, batch_first=True)
-    x = torch.randn(B, T, D)
-    w = torch.randn(B, T, D)
-    params = {k: v.detach() for k, v in weights_of(module).items()}
     paths = {"recc torch": recc.compile(SPECS / f"{name}.rec", backend="torch")}
     if compile_step:
         paths["recc torch+compile"] = recc.compile(
@@ -104,6 +98,19 @@ def dense_rows(name, B, T, D, repeats, compile_step, interpreter) -> list[dict]:
         )
     if interpreter:
         paths["recc interpreter"] = recc.compile(SPECS / f"{name}.rec", backend="interpreter")
+    return against_torch_nn(name, B, T, D, repeats, paths, "recc torch")
+
+
+def against_torch_nn(name, B, T, D, repeats, paths: dict, base: str) -> list[dict]:
+    """The zoo's `name` (gru, lstm, elman) through each of `paths` (recc.compile'd
+    functions by label) against torch.nn's module with the same weights, forward and
+    forward+backward; ratios to `base`'s time. Outputs are checked first."""
+    module_type, weights_of = MODELS[name]
+    torch.manual_seed(0)
+    module = module_type(D, D, batch_first=True)
+    x = torch.randn(B, T, D)
+    w = torch.randn(B, T, D)
+    params = {k: v.detach() for k, v in weights_of(module).items()}
     with torch.no_grad():
         want = module(x)[0]
     forward = {f"torch.nn.{module_type.__name__}": lambda m=module: m(x)[0]}
@@ -113,7 +120,7 @@ def dense_rows(name, B, T, D, repeats, compile_step, interpreter) -> list[dict]:
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=label)
     with torch.no_grad():
         times = interleaved(forward, repeats)
-    rows = rows_of(name, times, "recc torch", "forward")
+    rows = rows_of(name, times, base, "forward")
 
     xg = x.clone().requires_grad_()
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
@@ -135,7 +142,7 @@ def dense_rows(name, B, T, D, repeats, compile_step, interpreter) -> list[dict]:
     backward = {f"torch.nn.{module_type.__name__}": nn_fwd_bwd}
     backward.update({label: recc_fwd_bwd(fn) for label, fn in paths.items()})
     rounds = max(2, repeats // 2)
-    rows += rows_of(name, interleaved(backward, rounds), "recc torch", "fwd+bwd")
+    rows += rows_of(name, interleaved(backward, rounds), base, "fwd+bwd")
     return rows
 
 
@@ -160,17 +167,25 @@ def paragru_loop(x, p, w=None):
 
 def paragru_table(B, T, D, repeats) -> list[dict]:
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(B, T, D, generator=g)
-    w = torch.randn(B, T, D, generator=g)
     p = {f"A_{k}": torch.rand(D, generator=g) * 0.9 for k in "zrh"}
     p |= {f"B_{k}": torch.randn(D, D, generator=g) / D**0.5 for k in "zrh"}
     p |= {f"b_{k}": torch.randn(D, generator=g) * 0.1 for k in "zrh"}
-    fn = recc.compile(SPECS / "paragru.rec")
+    paths = {"recc torch": recc.compile(SPECS / "paragru.rec")}
+    return against_python_loop(B, T, D, repeats, p, paths, "recc torch", g)
+
+
+def against_python_loop(B, T, D, repeats, p: dict, paths: dict, base: str, g) -> list[dict]:
+    """ParaGRU with params `p` through each of `paths` against the Python loop a user
+    writes, forward and forward+backward; ratios to `base`'s time."""
+    x = torch.randn(B, T, D, generator=g)
+    w = torch.randn(B, T, D, generator=g)
     want = paragru_loop(x, p)
-    torch.testing.assert_close(fn(x=x, **p), want, rtol=1e-4, atol=1e-4)
-    forward = {"python loop": lambda: paragru_loop(x, p), "recc torch": lambda: fn(x=x, **p)}
+    forward = {"python loop": lambda: paragru_loop(x, p)}
+    for label, fn in paths.items():
+        forward[label] = lambda fn=fn: fn(x=x, **p)
+        torch.testing.assert_close(forward[label](), want, rtol=1e-4, atol=1e-4, msg=label)
     with torch.no_grad():
-        rows = rows_of("paragru", interleaved(forward, repeats), "recc torch", "forward")
+        rows = rows_of("paragru", interleaved(forward, repeats), base, "forward")
     xg = x.clone().requires_grad_()
     leaves = {k: v.clone().requires_grad_() for k, v in p.items()}
 
@@ -183,12 +198,16 @@ def paragru_table(B, T, D, repeats) -> list[dict]:
         clear()
         paragru_loop(xg, leaves, w)
 
-    def recc_fwd_bwd():
-        clear()
-        (fn(x=xg, **leaves) * w).sum().backward()
+    def recc_fwd_bwd(fn):
+        def run():
+            clear()
+            (fn(x=xg, **leaves) * w).sum().backward()
 
-    backward = {"python loop": loop_fwd_bwd, "recc torch": recc_fwd_bwd}
-    rows += rows_of("paragru", interleaved(backward, max(2, repeats // 2)), "recc torch", "fwd+bwd")
+        return run
+
+    backward = {"python loop": loop_fwd_bwd}
+    backward.update({label: recc_fwd_bwd(fn) for label, fn in paths.items()})
+    rows += rows_of("paragru", interleaved(backward, max(2, repeats // 2)), base, "fwd+bwd")
     return rows
 
 

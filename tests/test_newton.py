@@ -216,10 +216,13 @@ def test_expanding_dynamics_go_to_the_loop_up_front():
     torch.testing.assert_close(finals["h"], h, rtol=0, atol=0)
 
 
-def test_nan_in_a_call_falls_back_and_keeps_the_loops_nan_pattern():
-    rec = load(SPECS / "paragru.rec")
+@pytest.mark.parametrize("name", ["paragru", "paralstm", "slstm"])
+def test_nan_in_a_call_falls_back_and_keeps_the_loops_nan_pattern(name):
+    """Diagonal, 2 x 2 and 4 x 4 blocks (whose growth estimate takes eigenvalues)."""
+    rec = load(SPECS / f"{name}.rec")
     tensors, init = NORMAL.call(rec, 9, seed=4)
-    tensors["x"][1, 4, 0] = float("nan")
+    first = rec.inputs[0].name
+    tensors[first][1, 4, 0] = float("nan")
     run, solver = newton(rec, analyze(rec))
     with pytest.warns(NewtonFallbackWarning, match="not finite"):
         found = disagreements(rec, analyze(rec), run, tensors, init, seed=4)

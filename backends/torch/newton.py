@@ -22,14 +22,19 @@ params and the initial states.
 Safety, each case answered by the sequential loop with a `NewtonFallbackWarning`
 (never an unconverged iterate):
   - expanding dynamics: along the first iterate the Jacobians grow a
-    perturbation by more than e^GROWTH_LIMIT over the sequence (the largest
-    mean log row-norm times T): Newton would need about T iterations, and its
-    scans multiply those growths;
+    perturbation by more than e^GROWTH_LIMIT over the sequence (T times the
+    largest mean log spectral radius of a channel's block): Newton would need
+    about T iterations, and its scans multiply those growths;
   - a non-finite iterate (a diverging Newton, or NaN/inf in the call);
   - no convergence within `max_iterations` (T iterations always converge: step
     t is exact after t of them, so the cap only binds below T).
 An adjoint that does not settle in as many iterations runs the reverse loop
 (one vector-Jacobian product per step). `last_stats` says what happened.
+
+`run(bound, forward="loop")` takes the states from the step loop instead of
+iterating and keeps the adjoint backward: the loop's forward with Newton's
+backward, what a CPU call that needs gradients runs. `NewtonOrLoop` is the
+cost rule that picks, per call, between that, Newton and the plain loop.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ class NewtonStats:
     iterations: int  # Newton iterations run (0 when the loop ran from the start)
     converged: bool
     residual: float  # the last iteration's max |h^{k+1} - h^k| (nan if none)
-    growth: float  # the largest mean log row-norm of J along the first iterate, times T
+    growth: float  # T * the largest mean log spectral radius of J along the first iterate
     fell_back: str | None = None  # why the sequential loop answered, if it did
     adjoint_iterations: int = 0  # the last backward's (1 with an exact Jacobian)
     changes: tuple[float, ...] = ()  # max |h^{k+1} - h^k| of each iteration
@@ -184,8 +189,11 @@ class NewtonSolver:
     def _growth(self, J: dict[str, torch.Tensor], bound: Bound) -> float:
         """T * the largest mean_t log rho(J_t) (rho the spectral radius of each channel's
         k x k block; |J_t| for k = 1), along the first iterate: about how much the
-        linearised dynamics stretch a perturbation over the whole sequence."""
+        linearised dynamics stretch a perturbation over the whole sequence. NaN where a
+        multiplier is not finite (the iterate then is not either: that check decides)."""
         by_pair = {(b.target, b.source): J[b.coefficient] for b in self.plan.blocks}
+        if not all(bool(torch.isfinite(v).all()) for v in by_pair.values()):
+            return math.nan
         worst = -math.inf
         for group in self.plan.scan.groups:
             names = group.states

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from recc.backends.names import Namespace, comment_text, docstring_text
 from recc.errors import Span
-from recc.ir.nodes import Apply, Const, Expr, Recurrence, Ref, walk
+from recc.ir.nodes import Apply, Const, Expr, Recurrence, Ref, lets_read
 
 # op -> torch expression; {0}, {1} are the operands as printed
 PRINT = {
@@ -198,18 +198,6 @@ def step_parameters(rec: Recurrence) -> list[tuple[str, str]]:
     ]
 
 
-def _lets_needed(rec: Recurrence, exprs: list[Expr]) -> set[str]:
-    lets = {let.name: let.expr for let in rec.lets}
-    needed: set[str] = set()
-    todo = list(exprs)
-    while todo:
-        for node in walk(todo.pop()):
-            if isinstance(node, Ref) and node.name in lets and node.name not in needed:
-                needed.add(node.name)
-                todo.append(lets[node.name])
-    return needed
-
-
 def print_step(rec: Recurrence, module: Namespace, name: str) -> list[str]:
     """The lines of `def <name>(...)`: one step of `rec`, as the interpreter runs it.
     `module` is the module's namespace (its names are never shadowed)."""
@@ -254,7 +242,7 @@ def print_last_step(rec: Recurrence, states: tuple[str, ...], module: Namespace,
     names = {n: ns.name(("arg", n), n) for _, n in params}
     like = names[rec.inputs[0].name]
     exprs = [rec.update_of(s) for s in states]
-    needed = _lets_needed(rec, exprs)
+    needed = lets_read(rec, exprs)
     lines = [
         f"def {name}({', '.join(names[n] for _, n in params)}):",
         f'    """The updates of {", ".join(docstring_text(s) for s in states)} at the last step: '

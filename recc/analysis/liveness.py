@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from recc.ir.nodes import STATE, Expr, Recurrence, Ref, walk
+from recc.ir.nodes import STATE, Expr, Recurrence, Ref, lets_read, walk
 
 
 def states_read(rec: Recurrence, expr: Expr) -> set[str]:
@@ -50,14 +50,7 @@ def without_states(rec: Recurrence, names: set[str]) -> Recurrence:
     Only for states nothing else reads (`unread_states`): the rest of the spec
     computes exactly what it did."""
     keep = [*(u for u in rec.updates if u.name not in names), *rec.outputs]
-    needed: set[str] = set()
-    lets = {let.name: let for let in rec.lets}
-    todo = [d.expr for d in keep]
-    while todo:
-        for node in walk(todo.pop()):
-            if isinstance(node, Ref) and node.name in lets and node.name not in needed:
-                needed.add(node.name)
-                todo.append(lets[node.name].expr)
+    needed = lets_read(rec, [d.expr for d in keep])
     assert not any(states_read(rec, d.expr) & names for d in keep), names
     return replace(
         rec,

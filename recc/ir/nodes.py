@@ -111,6 +111,19 @@ def walk(expr: Expr):
             yield from walk(arg)
 
 
+def lets_read(rec: Recurrence, exprs) -> set[str]:
+    """The names of the lets `exprs` read, directly or through other lets."""
+    lets = {let.name: let.expr for let in rec.lets}
+    found: set[str] = set()
+    todo = list(exprs)
+    while todo:
+        for node in walk(todo.pop()):
+            if isinstance(node, Ref) and node.name in lets and node.name not in found:
+                found.add(node.name)
+                todo.append(lets[node.name])
+    return found
+
+
 def substitute(expr: Expr, bindings: dict[str, Expr]) -> Expr:
     """`expr` with each reference to a name in `bindings` replaced by its binding,
     structure and spans otherwise kept (nothing folded)."""

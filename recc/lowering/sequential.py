@@ -36,6 +36,7 @@ from recc.ir.nodes import (
     Recurrence,
     Ref,
     TensorDecl,
+    lets_read,
     walk,
 )
 
@@ -117,8 +118,8 @@ class _Hoister:
         # the backward with a zero cotangent, and 0 * inf is NaN (sqrt'(0)): its update,
         # and the lets only it needs, stay in the loop as written.
         unread = set(unread_states(rec))
-        live = _lets_read(rec, [d.expr for d in rec.updates if d.name not in unread])
-        live |= _lets_read(rec, [d.expr for d in rec.outputs])
+        live = lets_read(rec, [d.expr for d in rec.updates if d.name not in unread])
+        live |= lets_read(rec, [d.expr for d in rec.outputs])
         lets: list[Definition] = []
         renamed: dict[str, Ref] = {}  # a hoisted let -> its name as an input or param
         for let in rec.lets:
@@ -146,19 +147,6 @@ class _Hoister:
         ]
         step = _step_spec(rec, self.hoisted, tuple(lets), tuple(updates), tuple(outputs))
         return SequentialPlan(rec, tuple(self.hoisted), step)
-
-
-def _lets_read(rec: Recurrence, exprs: list[Expr]) -> set[str]:
-    """The lets `exprs` read, directly or through other lets."""
-    lets = {let.name: let.expr for let in rec.lets}
-    found: set[str] = set()
-    todo = list(exprs)
-    while todo:
-        for node in walk(todo.pop()):
-            if isinstance(node, Ref) and node.name in lets and node.name not in found:
-                found.add(node.name)
-                todo.append(lets[node.name])
-    return found
 
 
 def _rename(expr: Expr, renamed: dict[str, Ref]) -> Expr:
