@@ -225,3 +225,44 @@ def test_a_tie_by_rounding_is_not_well_conditioned():
     tensors, init = SATURATING.call(rec, 5, seed=2087, heads=2)
     reference = interpreter_results(rec, a, tensors, init, 2087)
     assert not well_conditioned(rec, a, tensors, init, reference, 2087)
+
+
+# Drawn by tests/test_backend_properties.py in CI (integers regime, T=13, heads 2, seed
+# 9180): h_1 = c + tanh(1), h_2 = h_1 + tanh(-1) is c to within one ulp, so max(h_2, c)
+# ties by a coincidence of rounding that Triton's scan, composing the maps in another
+# order, resolves the other way: the gradient of tl differed (0.008 against -0.154).
+INTEGER_ROUNDING_TIE = """recurrence update_rule {
+  dims D
+  input _tanh[D], tl[D], statei4[D]
+  param statep5, statep3[D]
+  state stateh6[D] = 1
+  update stateh6 = max(stateh6, (sigmoid(statep3 - statep5) - 0.5)) + (tanh(tl))
+  output stateh6
+}
+"""
+EXACT_TIE = """recurrence clamp {
+  dims D
+  input a[D], b[D]
+  state h[D] = 0
+  update h = max(min(h, a), b)
+  output h
+}
+"""
+
+
+def test_integer_inputs_give_exact_values_only_where_every_result_is_an_integer():
+    """The integers regime tests the tie rule where its values are exact in every order;
+    a tanh of an integer makes its ties coincidences of rounding, judged as any other."""
+    from recc.testing.agree import exact_values, interpreter_results, well_conditioned
+    from recc.testing.regimes import INTEGERS
+
+    rec = load(INTEGER_ROUNDING_TIE)
+    a = analyze(rec)
+    tensors, init = INTEGERS.call(rec, 13, seed=9180, heads=2)
+    reference = interpreter_results(rec, a, tensors, init, 9180)
+    assert not exact_values(reference)
+    assert not well_conditioned(rec, a, tensors, init, reference, 9180)
+    rec = load(EXACT_TIE)
+    a = analyze(rec)
+    tensors, init = INTEGERS.call(rec, 13, seed=1)
+    assert exact_values(interpreter_results(rec, a, tensors, init, 1))

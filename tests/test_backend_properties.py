@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from recc.analysis import analyze
 from recc.ir import load
-from recc.testing.agree import disagreements, interpreter_results, well_conditioned
+from recc.testing.agree import disagreements, exact_values, interpreter_results, well_conditioned
 from recc.testing.regimes import INTEGERS, regimes_for
 from recc.testing.strategies import spec_of
 from tests.helpers.profiles import SLOW
@@ -39,13 +39,15 @@ def check_backends(source: str, data) -> None:
     seed = data.draw(st.integers(0, 2**16), label="seed")
     tensors, init = regime.call(rec, T, seed=seed, heads=heads)
     reference = interpreter_results(rec, analysis, tensors, init, seed)
-    if regime is not INTEGERS:
+    if regime is not INTEGERS or not exact_values(reference):
         # A max or min whose operands tie by a coincidence of rounding (c + x - x == c
         # in the loop's order) routes its gradient by one ulp: tanh printed for Triton
         # and torch's differ by one, and so may the routing. Such a call's gradient is
         # undetermined at the tolerance (well_conditioned: a one-ulp change of the
-        # inputs moves it); the integers regime, where ties are exact in every order,
-        # keeps testing the tie rule itself.
+        # inputs moves it). The integers regime keeps testing the tie rule itself where
+        # its values are exact (exact_values: every output an integer); with a tanh of
+        # an integer input it has coincidences too (a CI failure: max(h, c) at
+        # h = (c + tanh(1)) - tanh(1), Triton's scan computing c exactly).
         conditioned = well_conditioned(rec, analysis, tensors, init, reference, seed)
         event("well-conditioned" if conditioned else "ill-conditioned: set aside")
         assume(conditioned)

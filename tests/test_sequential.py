@@ -27,7 +27,7 @@ from recc.errors import RecError
 from recc.ir import load
 from recc.lowering import NEWTON, SEQUENTIAL, plan, sequential_plan
 from recc.signature import bind
-from recc.testing.agree import disagreements, interpreter_results, well_conditioned
+from recc.testing.agree import disagreements, exact_values, interpreter_results, well_conditioned
 from recc.testing.regimes import INTEGERS, NORMAL, POSITIVE, regimes_for
 from recc.testing.strategies import spec_of
 from tests.helpers.profiles import SLOW
@@ -166,7 +166,7 @@ def check_sequential(source: str, data) -> None:
     seed = data.draw(st.integers(0, 2**16), label="seed")
     tensors, init = regime.call(rec, T, seed=seed, heads=heads)
     reference = interpreter_results(rec, analysis, tensors, init, seed)
-    if regime is not INTEGERS and analysis.kind == "minmax":
+    if analysis.kind == "minmax" and (regime is not INTEGERS or not exact_values(reference)):
         # a tie by a coincidence of rounding routes a max's gradient by one ulp (see
         # tests/test_backend_properties.py); the integers regime tests the tie rule
         conditioned = well_conditioned(rec, analysis, tensors, init, reference, seed)

@@ -377,6 +377,23 @@ def well_conditioned(
     return True
 
 
+def exact_values(reference) -> bool:
+    """Whether every output and final state of the interpreter's `reference` is an
+    integer (or infinite). In the integers regime the call's values were then computed
+    exactly, in every order, and a tie between a max's operands is a tie in every
+    evaluation order: the tie rule decides the routing, and a backend must follow it.
+    Where some value is not an integer (a tanh of an integer input), a tie can be a
+    coincidence of rounding, `(c + tanh(1)) - tanh(1)` against c, and the call is
+    judged as any other (`well_conditioned`)."""
+    for what, value in reference:
+        if what.startswith("gradient"):
+            continue
+        finite = value[torch.isfinite(value)]
+        if not torch.equal(finite, torch.round(finite)):
+            return False
+    return True
+
+
 def interpreter_results(rec, analysis, tensors, init, seed: int = 0, gradients: bool = True):
     return _results(rec, analysis, "interpreter", tensors, init, seed, gradients=gradients)
 
