@@ -20,8 +20,8 @@ path time / contender time", < 1: recc is faster):
                forward+backward) and Newton forced
                (`strategy="newton"`), forward and forward+backward.
   dense        GRU and LSTM at B=8, T=1024, D=128 against torch.nn.GRU / LSTM
-               (oneDNN): recc's chosen path (forward+backward: the loop with the
-               adjoint backward) and Newton forced.
+               (oneDNN): recc's chosen path (the loop; quasi-Newton plans keep
+               autograd on a CPU) and Newton forced.
   on paper     T=65,536, D=256, fp32: each strategy's parallel depth (sequential
                steps on the critical path) and the GPU bytes per token it moves,
                counted from the plans (a fused evaluation kernel per iteration,

@@ -268,11 +268,11 @@ def test_auto_runs_the_loop_on_a_cpu_and_explain_says_the_rule():
     assert "strategy='newton'" in forced.explain()
 
 
-@pytest.mark.parametrize("name", ["paragru", "gru"])
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
 def test_on_a_cpu_calls_that_need_gradients_run_the_loop_with_the_adjoint_backward(name):
     """The CPU rule: the loop's forward is faster than Newton's, the adjoint backward
-    than autograd through the loop, from T = 32 (exact) or 1024 (quasi-Newton;
-    benchmarks/newton.py --crossover). Its gradients are the loop's."""
+    than autograd through the loop, from T = 32 with an exact Jacobian
+    (benchmarks/newton.py --crossover). Its gradients are the loop's."""
     fn = recc.compile(SPECS / f"{name}.rec")
     loop = recc.compile(SPECS / f"{name}.rec", strategy="sequential")
     T = ADJOINT_FROM_T[fn.plan.newton.exact]
@@ -299,6 +299,16 @@ def test_on_a_cpu_calls_that_need_gradients_run_the_loop_with_the_adjoint_backwa
     (want,) = torch.autograd.grad((y_loop * w).sum(), x)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert f"gradients with T >= {T}: the loop's forward with" in fn.explain()
+
+
+def test_on_a_cpu_quasi_newton_plans_keep_autograd_through_the_loop():
+    fn = recc.compile(SPECS / "elman.rec")
+    assert ADJOINT_FROM_T[fn.plan.newton.exact] is None
+    rec = fn.spec
+    params = {p.name: torch.randn(*(3 if d == "I" else 4 for d in p.dims)) for p in rec.params}
+    y = fn(x=torch.randn(1, 2048, 3, requires_grad=True), **params)
+    assert fn.last_stats is None and y.requires_grad
+    assert "gradients with T" not in fn.explain()
 
 
 def _paragru_params(rec):

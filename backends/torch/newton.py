@@ -402,11 +402,13 @@ NEWTON_FROM_T = 128
 # is faster than Newton's at every T (a Newton iteration is some fifty bandwidth-bound
 # passes over [B, T, D] in eager torch). Its backward is not: autograd through T small
 # steps grows faster than T, while the adjoint at the loop's states is one scan and one
-# vectorised VJP (exact Jacobians) or a few (quasi-Newton). So a call that needs
-# gradients runs the loop's forward with the adjoint backward from these lengths:
-# exact Jacobians at every T measured (ParaGRU 1.4x at T=32, 6x at 2048), quasi-Newton
-# from 1024 (GRU 1.2x at 512, 3.6x at 2048; LSTM 0.9x at 512, 2.3x at 2048).
-ADJOINT_FROM_T = {True: 32, False: 1024}  # by NewtonPlan.exact
+# vectorised VJP with an exact Jacobian: from T = 32 a call that needs gradients runs
+# the loop's forward with the adjoint backward (ParaGRU 1.3x at T=32, 7.7x at 2048;
+# ParaLSTM 1.0x and 4.0x; IndRNN 1.0x and 6.5x). A quasi-Newton adjoint iterates
+# (11-23 times for torch.nn's initialisations of GRU, LSTM and Elman at D=128), and
+# whether that beats autograd depends on the spec: at T=2048, B=8 GRU 3.2x and LSTM
+# 2.7x faster, Elman 1.7x slower; so quasi-Newton plans keep autograd (None).
+ADJOINT_FROM_T: dict[bool, int | None] = {True: 32, False: None}  # by NewtonPlan.exact
 LOOP, ADJOINT, NEWTON = "the step loop", "the loop's forward, the adjoint backward", "Newton"
 
 
@@ -414,12 +416,14 @@ def cost_rule(plan: NewtonPlan, always: bool) -> str:
     """`NewtonOrLoop`'s rule, in words (`recc explain`)."""
     if always:
         return "Newton at every T, on every device (strategy='newton')"
-    return (
-        f"CUDA tensors and T >= {NEWTON_FROM_T}: Newton; CPU tensors, calls that need "
-        f"gradients with T >= {ADJOINT_FROM_T[plan.exact]}: the loop's forward with "
-        "Newton's adjoint backward (faster than autograd through the loop); otherwise "
-        "the step loop"
+    cpu = ADJOINT_FROM_T[plan.exact]
+    adjoint = (
+        f"CPU tensors, calls that need gradients with T >= {cpu}: the loop's forward with "
+        "Newton's adjoint backward (faster than autograd through the loop); "
+        if cpu is not None
+        else ""
     )
+    return f"CUDA tensors and T >= {NEWTON_FROM_T}: Newton; {adjoint}otherwise the step loop"
 
 
 class NewtonOrLoop:
@@ -440,7 +444,8 @@ class NewtonOrLoop:
             return NEWTON
         if bound.device.type == "cuda":
             return NEWTON if bound.T >= NEWTON_FROM_T else LOOP
-        return ADJOINT if bound.T >= self.adjoint_from_T and needs_grad(bound) else LOOP
+        cpu = self.adjoint_from_T
+        return ADJOINT if cpu is not None and bound.T >= cpu and needs_grad(bound) else LOOP
 
     def __call__(self, call: Call):
         self.ran = self.choose(call.bound)
