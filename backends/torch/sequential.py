@@ -12,7 +12,9 @@ Stage: backend (torch). Runs a `SequentialPlan` (`recc.lowering.sequential`):
   loop      the rest of the step printed as torch source (comments citing the
             spec's lines), called once per step.
 
-Gradients come from torch autograd through these ops. The loop is what the
+A call that needs gradients runs the loop without a graph and its backward by
+the generated reverse loop (`reverse.py`); `run` is the loop with autograd
+through it (forward-only calls, and the reference). The loop is what the
 interpreter runs minus the hoisted work, with the same ops on the same values,
 so outputs agree with it to rounding (a stacked product sums in the same
 order; a matrix multiply over B*T rows may block its sums differently).
@@ -28,6 +30,7 @@ from torch._inductor.exc import InductorError
 
 from recc.backends.names import Namespace
 from recc.backends.torch.printer import MODULE_NAMES, _cite, _Printed, _Printer
+from recc.backends.torch.scan import needs_grad
 from recc.errors import RecError
 from recc.interpreter import TorchOps
 from recc.ir import ties
@@ -114,8 +117,30 @@ class _StepPrinter(_Printer):
         return super().expr(expr)
 
 
+def needs_reverse(bound: Bound) -> bool:
+    """Whether a call runs the reverse loop: it needs gradients and has steps."""
+    return bound.T > 0 and needs_grad(bound)
+
+
 def _spelling(name: str) -> str:
     return name.replace(" ", "_")
+
+
+def print_stacked(
+    stacked: tuple[Stacked, ...], names: dict[str, str], ns: Namespace, nodes: dict[Expr, str]
+) -> list[str]:
+    """The lines computing each group's stacked product and splitting it; each product
+    node's local goes into `nodes`, where the printer finds it."""
+    lines = []
+    for g in stacked:
+        product = ns.fresh("_w")
+        lines.append(f"    # {', '.join(g.weights)} times {g.operand.name}, as one product")
+        lines.append(f"    {product} = matvec({names[g.name]}, {names[g.operand.name]})")
+        sizes = ", ".join(f"{names[w]}.shape[-2]" for w in g.weights)
+        parts = [ns.fresh("_p") for _ in g.nodes]
+        lines.append(f"    {', '.join(parts)}, = {product}.split([{sizes}], dim=-1)")
+        nodes.update(zip(g.nodes, parts))
+    return lines
 
 
 def print_loop_step(step: Recurrence, stacked: tuple[Stacked, ...]) -> tuple[str, list[str]]:
@@ -136,14 +161,7 @@ def print_loop_step(step: Recurrence, stacked: tuple[Stacked, ...]) -> tuple[str
         f'    """One step of `{step.name}` with its state-free work hoisted out of the loop."""',
     ]
     nodes: dict[Expr, str] = {}
-    for g in stacked:
-        product = ns.fresh("_w")
-        lines.append(f"    # {', '.join(g.weights)} times {g.operand.name}, as one product")
-        lines.append(f"    {product} = matvec({names[g.name]}, {names[g.operand.name]})")
-        sizes = ", ".join(f"{names[w]}.shape[-2]" for w in g.weights)
-        parts = [ns.fresh("_p") for _ in g.nodes]
-        lines.append(f"    {', '.join(parts)}, = {product}.split([{sizes}], dim=-1)")
-        nodes.update(zip(g.nodes, parts))
+    lines += print_stacked(stacked, names, ns, nodes)
     like = names[step.inputs[0].name]
     printer = _StepPrinter(names, like, nodes)
     for let in step.lets:
@@ -193,6 +211,7 @@ class SequentialLoop:
         scope = {"torch": torch, "maximum": ties.maximum, "minimum": ties.minimum, "matvec": matvec}
         exec(compile(self.source, f"<sequential step of {plan.spec.name}>", "exec"), scope)  # noqa: S102
         self.step = scope["step"]
+        self._reverse = None  # the generated reverse loop, made on first use
         if compiled:  # the step's elementwise work fused by inductor, once per shape
             self.step = _guarded(torch.compile(self.step, dynamic=False), plan.spec.name)
 
@@ -232,6 +251,18 @@ class SequentialLoop:
         return {s.name: torch.stack(k, dim=1) for s, k in zip(self.plan.step.states, kept)}
 
     def __call__(self, bound: Bound) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Outputs and finals; a call that needs gradients runs the forward without a
+        graph and the backward by the generated reverse loop (`reverse.py`)."""
+        if needs_reverse(bound):
+            if self._reverse is None:
+                from recc.backends.torch.reverse import ReverseLoop
+
+                self._reverse = ReverseLoop(self)
+            return self._reverse(bound)
+        return self.run(bound)
+
+    def run(self, bound: Bound) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The loop as it is, autograd through it (the reference of the reverse loop)."""
         step = self.plan.step
         outs: list[list[torch.Tensor]] = [[] for _ in step.outputs]
         last = [bound.initial_state[s.name] for s in step.states]  # the finals at T = 0
