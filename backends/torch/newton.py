@@ -400,14 +400,13 @@ class NewtonSolver:
 NEWTON_FROM_T = 128
 # On a CPU (`python benchmarks/newton.py --crossover`, B=4, D=128): the loop's forward
 # is faster than Newton's at every T (a Newton iteration is some fifty bandwidth-bound
-# passes over [B, T, D] in eager torch). Its backward is not: autograd through T small
-# steps grows faster than T, while the adjoint at the loop's states is one scan and one
-# vectorised VJP with an exact Jacobian: from T = 32 a call that needs gradients runs
-# the loop's forward with the adjoint backward (ParaGRU 1.3x at T=32, 7.7x at 2048;
-# ParaLSTM 1.0x and 4.0x; IndRNN 1.0x and 6.5x). A quasi-Newton adjoint iterates
-# (11-23 times for torch.nn's initialisations of GRU, LSTM and Elman at D=128), and
-# whether that beats autograd depends on the spec: at T=2048, B=8 GRU 3.2x and LSTM
-# 2.7x faster, Elman 1.7x slower; so quasi-Newton plans keep autograd (None).
+# passes over [B, T, D] in eager torch). For the backward, the adjoint at the loop's
+# states is one scan and one vectorised VJP with an exact Jacobian, faster than the
+# loop's generated reverse loop from T = 32 on: a call that needs gradients then runs
+# the loop's forward with the adjoint backward (ParaGRU 1.5x at T=32, 2.3x at 2048;
+# ParaLSTM 1.0x and 1.8x; IndRNN 1.05x and 2.3x). A quasi-Newton adjoint iterates (11-23
+# times for torch.nn's initialisations of GRU, LSTM and Elman at D=128) and the reverse
+# loop beats it at every T measured (GRU 0.4-0.9x, LSTM 0.4-0.9x): None, the loop.
 ADJOINT_FROM_T: dict[bool, int | None] = {True: 32, False: None}  # by NewtonPlan.exact
 LOOP, ADJOINT, NEWTON = "the step loop", "the loop's forward, the adjoint backward", "Newton"
 
@@ -419,7 +418,7 @@ def cost_rule(plan: NewtonPlan, always: bool) -> str:
     cpu = ADJOINT_FROM_T[plan.exact]
     adjoint = (
         f"CPU tensors, calls that need gradients with T >= {cpu}: the loop's forward with "
-        "Newton's adjoint backward (faster than autograd through the loop); "
+        "Newton's adjoint backward (faster than the loop's reverse loop); "
         if cpu is not None
         else ""
     )
