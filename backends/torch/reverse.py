@@ -24,7 +24,7 @@ from collections import Counter
 import torch
 
 from recc.backends.names import Namespace
-from recc.backends.torch.printer import MODULE_NAMES, PRINT, Unprintable, _cite, _Printed
+from recc.backends.torch.printer import MODULE_NAMES, Unprintable, _cite, _Printed
 from recc.backends.torch.sequential import (
     SequentialLoop,
     Stacked,
@@ -34,7 +34,7 @@ from recc.backends.torch.sequential import (
     print_stacked,
 )
 from recc.ir import ties
-from recc.ir.nodes import Apply, Expr, Ref, embed
+from recc.ir.nodes import Apply, Const, Expr, embed
 from recc.ir.ops import broadcast_like
 from recc.lowering.reverse import ReverseStep, reverse_step, unread
 from recc.signature import Bound
@@ -77,18 +77,14 @@ class _ReversePrinter(_StepPrinter):
         if isinstance(expr, Apply) and expr.op in _INTERNAL:
             args = []
             for a in expr.args:
-                printed = self.expr(a) if not _is_const(a) else self.tensor_const(a.value)
+                printed = self.tensor_const(a.value) if isinstance(a, Const) else self.expr(a)
                 if a.dims != expr.dims and expr.op != "broadcast_like":
                     printed = self.aligned(printed, a.dims, expr.dims)
                 args.append(printed.text)
             return _Printed(_INTERNAL[expr.op].format(*args), 4)
-        if isinstance(expr, Apply) and expr.op not in PRINT and expr.op in ("sum_steps",):
-            raise Unprintable("sum_steps in a reverse step")  # pragma: no cover
+        if isinstance(expr, Apply) and expr.op == "sum_steps":  # pragma: no cover
+            raise Unprintable("sum_steps in a reverse step (its evaluation covers one step)")
         return super().expr(expr)
-
-
-def _is_const(expr: Expr) -> bool:
-    return not isinstance(expr, (Ref, Apply))
 
 
 def _outer(expr: Expr) -> tuple[Expr, Expr] | None:
