@@ -111,6 +111,22 @@ def walk(expr: Expr):
             yield from walk(arg)
 
 
+def name_maker(rec: Recurrence):
+    """`fresh(base)`: `base`, or `base_1`, `base_2`, ..., whichever no name of `rec`
+    (dims, tensors, states, lets, outputs) and no earlier `fresh` name spells."""
+    taken = {*rec.dims, *(d.name for d in (*rec.inputs, *rec.params, *rec.states))}
+    taken |= {d.name for d in (*rec.lets, *rec.outputs)}
+
+    def fresh(base: str) -> str:
+        name, i = base, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
+    return fresh
+
+
 def lets_read(rec: Recurrence, exprs) -> set[str]:
     """The names of the lets `exprs` read, directly or through other lets."""
     lets = {let.name: let.expr for let in rec.lets}

@@ -52,7 +52,7 @@ from recc.analysis import analyze
 from recc.analysis.liveness import unread_states
 from recc.ir import load
 from recc.ir.autodiff import COTANGENT, Structure, state_jacobian, vjp
-from recc.ir.nodes import Apply, Const, Dims, Expr, Recurrence, Ref, walk
+from recc.ir.nodes import Apply, Const, Dims, Expr, Recurrence, Ref, name_maker, walk
 from recc.lowering.scan import ScanPlan, scan_plan
 from recc.lowering.sequential import SequentialPlan
 
@@ -127,16 +127,7 @@ def newton_plan(seq: SequentialPlan) -> NewtonPlan | str:
     states = {s.name: s.dims for s in step.states}
     lets = {d.name: d.expr for d in step.lets}
     updates = [(u.name, u.expr) for u in step.updates]
-    taken = {*states, *(d for s in step.states for d in s.dims), *step.dims}
-    taken |= {n.name for n in (*step.inputs, *step.params)} | set(lets)
-
-    def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        return name
-
+    fresh = name_maker(step)
     diagonals: dict[str, str] = {}
     blocks = []
     for b in state_jacobian(updates, states, lets):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from recc.analysis.liveness import unread_states
 from recc.ir.autodiff import COTANGENT, vjp
-from recc.ir.nodes import Expr, Recurrence, Ref, substitute
+from recc.ir.nodes import Expr, Recurrence, Ref, name_maker, substitute
 from recc.lowering.sequential import SequentialPlan
 
 
@@ -53,19 +53,7 @@ def reverse_step(
     the new values of these `states` as seeds (the rest are absent)."""
     step = seq.step
     dims = {s.name: s.dims for s in step.states}
-    taken = {
-        *(s.name for s in step.states),
-        *(n.name for n in (*step.inputs, *step.params, *step.lets)),
-        *(o.name for o in step.outputs),
-    }
-
-    def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in taken:
-            name, i = f"{base}_{i}", i + 1
-        taken.add(name)
-        return name
-
+    fresh = name_maker(step)
     d_new = {s.name: fresh(f"d_{s.name}") for s in step.states}
     d_out = {o.name: fresh(f"d_out_{o.name}") for o in step.outputs}
     new_values = {u.name: u.expr for u in step.updates}
