@@ -19,6 +19,7 @@ import recc
 from recc.analysis import analyze
 from recc.backends.torch.reverse import ReverseLoop, print_reverse
 from recc.backends.torch.sequential import SequentialLoop
+from recc.errors import RecError
 from recc.ir import load
 from recc.lowering import sequential_plan
 from recc.lowering.reverse import reverse_step
@@ -106,3 +107,39 @@ def test_the_printed_reverse_step_reads_as_the_spec():
     }  # fmt: skip
     # a value several cotangents share is one local
     assert source.count("(1.0 - n * n)") == 1
+
+
+# Every structural op and broadcast a state passes, where name-based broadcasting
+# must be printed (a bug found by tests/test_analysis.py: `sum(h)`'s cotangent,
+# broadcast back to h, was aligned from the right instead of by name).
+STRUCTURAL = {
+    "sum": "state h[D] = 0\n update h = tanh(h * k + sum(h))\n output h",
+    "dot": "state h[D] = 0\n update h = tanh(k * dot(h, v) + h)\n output h",
+    "scalar state": "state c = 0\n update c = tanh(c * 0.5 + sum(k * v))\n output y = c * v",
+    "matvec": "state h[D] = 0\n update h = tanh(W @ h + v)\n output h",
+    "vecmat": "state h[D] = 0\n update h = tanh(h @ W + v)\n output h",
+    "transposed": "state h[D] = 0\n update h = tanh(W.T @ h + v)\n output h",
+    "outer": ("state S[D, E] = 0\n update S = tanh(S * 0.5 + outer(k, u))\n output o = S @ w"),
+    "matrix readout": (
+        "state S[D, E] = 0\n update S = S * sigmoid(k) + outer(v, u)\n output o = tanh(S.T @ k)"
+    ),
+    "max of scalars": "state h[D] = 0\n update h = max(h * 0.5, sum(k)) + v\n output h",
+}
+
+
+@pytest.mark.parametrize("body", STRUCTURAL.values(), ids=list(STRUCTURAL))
+def test_structural_ops_and_broadcasts_equal_the_interpreter(body):
+    source = (
+        f"recurrence t {{\n dims D, E\n input k[D], v[D], u[E]\n param W[D, D], w[E]\n {body}\n}}\n"
+    )
+    try:
+        rec = load(source)
+    except RecError as err:  # pragma: no cover - a typo in the table above
+        pytest.fail(str(err))
+    analysis = analyze(rec)
+    run = reverse_loop(rec)
+    for regime in regimes_for(analysis.kind):
+        for T in (1, 6):
+            tensors, init = regime.call(rec, T, seed=T)
+            found = disagreements(rec, analysis, run, tensors, init, seed=T)
+            assert not found, f"[{regime.name}, T={T}]: " + "; ".join(map(str, found))

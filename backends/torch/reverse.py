@@ -78,7 +78,7 @@ class _ReversePrinter(_StepPrinter):
             args = []
             for a in expr.args:
                 printed = self.tensor_const(a.value) if isinstance(a, Const) else self.expr(a)
-                if a.dims != expr.dims and expr.op != "broadcast_like":
+                if a.dims != expr.dims:  # name-based broadcasting, as everywhere
                     printed = self.aligned(printed, a.dims, expr.dims)
                 args.append(printed.text)
             return _Printed(_INTERNAL[expr.op].format(*args), 4)
