@@ -40,10 +40,12 @@ from recc.testing.agree import (
     compare,
     device_for,
     disagreements,
+    exact_values,
     finite_call,
     interpreter_results,
+    well_conditioned,
 )
-from recc.testing.regimes import LENGTHS, NORMAL, POSITIVE, Regime, regimes_for
+from recc.testing.regimes import INTEGERS, LENGTHS, NORMAL, POSITIVE, Regime, regimes_for
 
 TOLERANCE = TOLERANCES[torch.float64]
 
@@ -69,6 +71,9 @@ class CheckResult:
     skipped: dict[str, str]  # backend -> why it was not run (`supports`'s reason)
     regimes: tuple[str, ...]
     seconds: float
+    # disagreements on calls whose reference is itself undetermined at the tolerance
+    # (`recc.testing.agree.well_conditioned`): reported, not failures
+    set_aside: tuple[Failure, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -106,6 +111,7 @@ def check(
             devices[backend.name] = device
     backends_run = list(devices)
     failures: list[Failure] = []
+    set_aside: list[Failure] = []
     failed: set[str] = set()  # one failure per executor is enough
     for regime in regimes:
         for T in lengths:
@@ -131,9 +137,21 @@ def check(
                     regime.overflows,
                     devices[backend],
                 )
-                if found:
-                    failures.append(Failure(regime.name, T, backend, found[0]))
-                    failed.add(backend)
+                if not found:
+                    continue
+                # in the integers regime with every result an integer, ties are ties in
+                # every order: the tie rule decides, and a backend must follow it
+                exact_ties = regime is INTEGERS and exact_values(reference)
+                if not exact_ties and not well_conditioned(
+                    rec, analysis, tensors, init, reference, seed
+                ):
+                    # the interpreter's own answer moves more than the tolerance under
+                    # a one-ulp change of its inputs (a gradient that is rounding noise,
+                    # a max tied by a rounding): no order of evaluation is more right
+                    set_aside.append(Failure(regime.name, T, backend, found[0]))
+                    continue
+                failures.append(Failure(regime.name, T, backend, found[0]))
+                failed.add(backend)
     return CheckResult(
         rec,
         analysis,
@@ -143,6 +161,7 @@ def check(
         skipped,
         tuple(r.name for r in regimes),
         time.perf_counter() - start,
+        tuple(set_aside),
     )
 
 

@@ -364,10 +364,19 @@ class _Reverse:
             contributions = rule(g, node.args, node)
         else:
             contributions = _structural_vjp(node, g)
+        # One node's contributions to the same operand (h - h, h * h) are summed
+        # together before they meet any other: `(x + -x) + y` is y, `(y + x) + -x` is
+        # not in floating point when |x| >> |y|.
+        grouped: dict[Expr, Expr] = {}
         for arg, contribution in zip(node.args, contributions):
             if contribution is None or _constant(arg):
                 continue  # a constant exponent; constants take no cotangent
-            self.add(arg, _spanned(contribution, node.span), node.span)
+            contribution = _spanned(contribution, node.span)
+            grouped[arg] = (
+                _add(grouped[arg], contribution, node.span) if arg in grouped else (contribution)
+            )
+        for arg, contribution in grouped.items():
+            self.add(arg, contribution, node.span)
 
 
 # ---- the Jacobian of the transition ----
