@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from recc import custom_op
 from recc.analysis import Analysis, analyze
 from recc.backends.protocol import Call, Executor, Options
 from recc.backends.registry import NAMES, REGISTRY, backend_named, first_accepting
@@ -57,6 +58,7 @@ class CompiledRecurrence:
         self.options = Options(torch_compile=torch_compile)
         self._executors: dict[str, Executor] = {}  # prepared on first use
         self._last: Executor | None = None  # what ran the latest call
+        self._key = custom_op.register(self)  # how the recc::call op finds this function
         if backend != "auto":
             reason = backend_named(backend).supports(self.plan)
             if reason is not None:
@@ -112,28 +114,83 @@ class CompiledRecurrence:
                     f"{flag} must be True or False, got {value!r}",
                     hint=f"pass {flag}=True or {flag}=False",
                 )
-        finite = self.plan.finite_states
-        bound = bind(self.spec, tensors, initial_state, check_nan, finite, cu_seqlens)
-        name = self.backend_for(bound.device)
-        reason = backend_named(name).supports(self.plan, bound.device)
+        starts = initial_states(self.spec, initial_state)
+        given = [*tensors.values(), *starts.values()]
+        if custom_op.traced(given):
+            outputs, finals = self._traced(tensors, starts, check_nan, cu_seqlens)
+        elif any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in given):
+            self._backend(torch.device("meta"))  # a named backend may decline the device
+            results = custom_op.empty_results(self, tensors, starts, cu_seqlens)  # shapes only
+            n = len(self.spec.outputs)
+            outputs, finals = tuple(results[:n]), tuple(results[n:])
+        else:
+            outputs, finals = self._run(tensors, starts, check_nan, cu_seqlens)
+        result: Any = outputs[0] if len(outputs) == 1 else outputs
+        if not output_final_state:
+            return result
+        return result, (finals[0] if len(finals) == 1 else finals)
+
+    def _bind(self, tensors: dict, starts: dict, check_nan: bool, cu_seqlens: Any, values=True):
+        """The call's arguments checked and bound (`recc.signature.bind`); `values=False`
+        checks shapes, dtypes and devices only (a traced call's tensors have no values
+        to read: the op checks them when it runs)."""
+        finite = self.plan.finite_states if values else frozenset()
+        return bind(self.spec, tensors, starts or None, check_nan and values, finite, cu_seqlens)
+
+    def _backend(self, device: torch.device) -> str:
+        """The backend that runs tensors on `device`, or a RecError if the one the user
+        named cannot (`auto` always finds one)."""
+        name = self.backend_for(device)
+        reason = backend_named(name).supports(self.plan, device)
         if reason is not None:  # only a backend named by the user declines here
             others = [b for b in self.accepted() if b != name]
             raise RecError(
                 f"backend '{name}' cannot run these tensors: {reason}",
                 hint=f"move the tensors, or use backend='auto' or one of: {', '.join(others)}",
             )
-        call = Call(bound, tensors, initial_states(self.spec, initial_state))
+        return name
+
+    def _run(
+        self, tensors: dict, starts: dict, check_nan: bool, cu_seqlens: Any
+    ) -> tuple[tuple, tuple]:
+        """One eager call: (outputs, final states) in declaration order."""
+        bound = self._bind(tensors, starts, check_nan, cu_seqlens)
+        name = self._backend(bound.device)
+        call = Call(bound, tensors, starts)
         executor = self._last = self._executor(name)
         if bound.cu_seqlens is not None and not backend_named(name).takes_packed(self.plan):
             outputs, finals = per_sequence(executor, call)
         else:
             outputs, finals = executor(call)
-        out = tuple(outputs[o.name] for o in self.spec.outputs)
-        result: Any = out[0] if len(out) == 1 else out
-        if not output_final_state:
-            return result
-        states = tuple(finals[s.name] for s in self.spec.states)
-        return result, (states[0] if len(states) == 1 else states)
+        return (
+            tuple(outputs[o.name] for o in self.spec.outputs),
+            tuple(finals[s.name] for s in self.spec.states),
+        )
+
+    def _traced(
+        self, tensors: dict, starts: dict, check_nan: bool, cu_seqlens: Any
+    ) -> tuple[tuple, tuple]:
+        """A call torch.compile traces or a functorch transform runs: one `recc::call`
+        op (`recc.custom_op`), its arguments' shapes checked now (by the op's fake
+        implementation while torch.compile traces: dynamo cannot build a RecError, so
+        it arrives wrapped in dynamo's error), its values when it runs."""
+        if not torch.compiler.is_compiling():
+            self._bind(tensors, starts, check_nan, cu_seqlens, values=False)
+        if cu_seqlens is not None and not isinstance(cu_seqlens, torch.Tensor):
+            cu_seqlens = torch.tensor(list(cu_seqlens), dtype=torch.int64)
+        names = list(tensors)
+        state_names = list(starts)
+        results = custom_op.call(
+            self._key,
+            ",".join(names),
+            [tensors[n] for n in names],
+            ",".join(state_names),
+            [starts[n] for n in state_names],
+            check_nan,
+            cu_seqlens,
+        )
+        n = len(self.spec.outputs)
+        return tuple(results[:n]), tuple(results[n:])
 
     def explain(self) -> str:
         return explain(self.plan)
