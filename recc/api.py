@@ -59,6 +59,7 @@ class CompiledRecurrence:
         self._executors: dict[str, Executor] = {}  # prepared on first use
         self._last: Executor | None = None  # what ran the latest call
         self._key = custom_op.register(self)  # how the recc::call op finds this function
+        self._stepper: Any = None  # `step`'s function, made on first use
         if backend != "auto":
             reason = backend_named(backend).supports(self.plan)
             if reason is not None:
@@ -191,6 +192,29 @@ class CompiledRecurrence:
         )
         n = len(self.spec.outputs)
         return tuple(results[:n]), tuple(results[n:])
+
+    def step(self, state: Any = None, *, check_nan: bool = True, **tensors: Any) -> tuple:
+        """One step, for decoding token by token: this step's inputs `[B, (H), *dims]`
+        (no time axis), the params as in a call, and the state before the step
+        (`state`, as a call's `initial_state`; None: the spec's declared start).
+
+            y, h = fn.step(h, k=k_t, v=v_t)
+
+        Returns (outputs, new state) as `fn(..., output_final_state=True)` does, each
+        output without its time axis: stepping a sequence gives what one call over it
+        gives. Runs the step of the sequential form on any device (the torch backend,
+        `recc/backends/torch/decode.py`), whatever `backend=` says."""
+        if not isinstance(check_nan, bool):
+            raise RecError(
+                f"check_nan must be True or False, got {check_nan!r}",
+                hint="pass check_nan=True or check_nan=False",
+            )
+        if self._stepper is None:
+            self._stepper = backend_named("torch").stepper(self.plan)
+        starts = initial_states(self.spec, state)
+        outputs, finals = self._stepper(tensors, starts, check_nan)
+        result: Any = outputs[0] if len(outputs) == 1 else outputs
+        return result, (finals[0] if len(finals) == 1 else finals)
 
     def explain(self) -> str:
         return explain(self.plan)

@@ -78,6 +78,12 @@ class TorchBackend:
 
         return run
 
+    def stepper(self, plan: LoweringPlan):
+        """One step at a time, for decoding (`decode.py`): any plan, any device."""
+        from recc.backends.torch.decode import Stepper
+
+        return Stepper(plan)
+
     def takes_packed(self, plan: LoweringPlan) -> bool:
         """The chunkwise algorithm packs sequences (chunks never straddle two); the
         scan alone does not."""

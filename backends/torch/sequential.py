@@ -22,6 +22,7 @@ order; a matrix multiply over B*T rows may block its sums differently).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -212,12 +213,17 @@ class SequentialLoop:
         exec(compile(self.source, f"<sequential step of {plan.spec.name}>", "exec"), scope)  # noqa: S102
         self.step = scope["step"]
         self._reverse = None  # the generated reverse loop, made on first use
+        self._ops: dict[tuple, _FastOps] = {}  # by (dtype, device): their constants, once
+        self._stacks: dict[str, tuple] = {}  # a group's stacked weights and what they were
         if compiled:  # the step's elementwise work fused by inductor, once per shape
             self.step = _guarded(torch.compile(self.step, dynamic=False), plan.spec.name)
 
     def hoist(self, bound: Bound) -> dict[str, torch.Tensor]:
         """The spec's params and inputs, and every hoisted value, by name."""
-        ops = _FastOps(bound.compute_dtype, bound.device)
+        key = (bound.compute_dtype, bound.device)
+        if key not in self._ops:
+            self._ops[key] = _FastOps(bound.compute_dtype, bound.device)
+        ops = self._ops[key]
         env: dict[str, torch.Tensor] = {**bound.params, **bound.inputs}
         for h in self.plan.hoisted:
             env[h.name] = evaluate(h.expr, env, ops)
@@ -228,7 +234,7 @@ class SequentialLoop:
         step, run_step = self.plan.step, self.step
         env = dict(env)
         for g in self.stacked:
-            env[g.name] = torch.cat([env[w] for w in g.weights], dim=-2)
+            env[g.name] = self._stack(g, [env[w] for w in g.weights])
         n_in = len(step.inputs)
         per_step = [env[i.name] for i in step.inputs]
         fixed = [env[n] for n in self.parameters[n_in : len(self.parameters) - len(step.states)]]
@@ -237,6 +243,28 @@ class SequentialLoop:
             new, out = run_step(*(x[:, t] for x in per_step), *fixed, *states)
             states = list(new)
             yield states, out
+
+    def _stack(self, group: Stacked, weights: list[torch.Tensor]) -> torch.Tensor:
+        """The group's weights stacked row-wise, kept while they are the same tensors
+        unmodified (a decoding loop calls with the same weights every token; an
+        in-place update bumps a tensor's version and restacks)."""
+        kept = self._stacks.get(group.name)
+        if (
+            kept is not None
+            and not torch.is_grad_enabled()
+            and len(kept[0]) == len(weights)
+            and all(r() is w and v == w._version for (r, v), w in zip(kept[0], weights))
+        ):  # weak references: a freed weight's successor at its address is not it
+            return kept[1]
+        stacked = torch.cat(weights, dim=-2)
+        self._stacks[group.name] = (tuple((weakref.ref(w), w._version) for w in weights), stacked)
+        return stacked
+
+    def one_step(self, bound: Bound) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The step of a call with T = 1: (outputs, new states), without a time axis
+        and as the step computes them (not yet broadcast to their full shapes)."""
+        ((new, out),) = self._steps(bound, self.hoist(bound))
+        return list(out), new
 
     def _full(self, value: torch.Tensor, bound: Bound, dims) -> torch.Tensor:
         shape = (bound.B, *bound.batch_heads, *bound.shape_of(dims))
