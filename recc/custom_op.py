@@ -42,14 +42,18 @@ def register(fn: Any) -> str:
     return key
 
 
+# torch's test for a tensor wrapped by a functorch transform (vmap, grad); a torch
+# without it runs vmap'd calls eagerly, as before this op existed
+_WRAPPED = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+
+
 def traced(tensors: list) -> bool:
     """Whether a call is being traced by torch.compile or runs under a functorch
     transform: then it goes through the op."""
     if torch.compiler.is_compiling():
         return True
-    return any(
-        isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t)
-        for t in tensors
+    return _WRAPPED is not None and any(
+        isinstance(t, torch.Tensor) and _WRAPPED(t) for t in tensors
     )
 
 
